@@ -1,0 +1,128 @@
+"""Pydantic data passed between layers: messages, sampling, completions, checks, verdicts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    role: Role
+    content: str
+
+
+Conversation = list[Message]
+
+
+class SamplingParams(BaseModel):
+    """Sampling settings for one request. ``temperature == 0`` means greedy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_new_tokens: int = Field(default=128, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+class Completion(BaseModel):
+    text: str
+    num_tokens: int = 0
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+class PolicyRef(BaseModel):
+    """A value naming a policy: a base model plus, optionally, a LoRA adapter directory.
+
+    Backends receive this value; they never see the registry.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    version: str = "v0"
+    base_model: str = "smollm2-135m-instruct"
+    adapter_path: str | None = None
+
+
+class CheckResult(BaseModel):
+    check_id: str
+    kind: str
+    passed: bool
+    hard: bool = True
+    detail: str = ""
+
+
+class Critique(BaseModel):
+    round: int
+    principle_ids: list[str]
+    failed_checks: list[str] = Field(default_factory=list)
+    text: str
+
+
+class OrderJudgment(BaseModel):
+    """One ordering of a pairwise judgment: which slot held which response and what was said."""
+
+    first: Literal["original", "revision", "a", "b"]
+    p_first: float | None = Field(
+        default=None, description="probability the response shown first is better"
+    )
+    choice: Literal["first", "second", "abstain"]
+    method: Literal["logprob", "generated", "abstain"]
+    raw: str = ""
+
+
+class Verdict(BaseModel):
+    """A position-swapped pairwise verdict between responses ``a`` and ``b``.
+
+    ``p_b`` is the soft label: the probability that ``b`` is better, averaged over both orders.
+    """
+
+    winner: Literal["a", "b", "tie", "abstain"]
+    p_b: float | None = None
+    decided_by: Literal["judge", "checks", "flip", "abstain"]
+    orders: list[OrderJudgment] = Field(default_factory=list)
+    a_passes_checks: bool = True
+    b_passes_checks: bool = True
+
+    @property
+    def margin(self) -> float:
+        return 0.0 if self.p_b is None else abs(self.p_b - 0.5) * 2
+
+
+class RoundRecord(BaseModel):
+    """One pass of check → critique → refine."""
+
+    round: int
+    response: str
+    checks: list[CheckResult]
+    critique: Critique | None = None
+    revision: str | None = None
+
+
+class CritiqueResult(BaseModel):
+    """What the critique graph returns for one prompt (also what harvest consumes)."""
+
+    prompt_id: str
+    prompt: str
+    constitution: str
+    constitution_hash: str
+    policy_version: str = "v0"
+    first_response: str
+    final_response: str
+    rounds: list[RoundRecord]
+    final_checks: list[CheckResult]
+    verdict: Verdict | None = Field(
+        default=None, description="a = first response, b = final revision"
+    )
+    samples: list[str] = Field(default_factory=list, description="extra samples for best-of-N")
+    sample_scores: list[float | None] = Field(default_factory=list)
+    sample_checks_passed: list[bool] = Field(default_factory=list)
+    generated_tokens: int = 0
+
+    @property
+    def final_passes(self) -> bool:
+        return all(c.passed for c in self.final_checks if c.hard)

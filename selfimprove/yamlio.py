@@ -1,0 +1,136 @@
+"""Load YAML files into pydantic models with errors that name file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from selfimprove.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe loader that rejects duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}'", key_node.start_mark
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def read_yaml(path: str | Path) -> tuple[Any, yaml.Node | None]:
+    """Parse a YAML file; return its data and its node tree (for line numbers)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"not UTF-8 text ({exc.reason})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(path, f"invalid YAML: {exc.problem or exc.context}", line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"invalid YAML: {exc}") from None
+    return data, node
+
+
+def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest node on ``loc`` that exists in the tree."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == str(part):
+                    node, line = value_node, key_node.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_error(path: str | Path, node: yaml.Node | None, exc: ValidationError) -> ConfigError:
+    """Turn the first pydantic error into a ConfigError with file, line and field."""
+    err = exc.errors(include_url=False)[0]
+    # Drop discriminator/union tags pydantic inserts into loc (e.g. 'max_words' for a tagged union).
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc = _real_path(node, loc)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (not allowed here)"
+    extra = f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else ""
+    return ConfigError(path, msg + extra, line=line_of(node, loc), field=format_loc(loc) or None)
+
+
+def _real_path(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Remove loc parts that are not keys in the YAML (pydantic's union-member tags)."""
+    out: list[Any] = []
+    for part in loc:
+        if node is None:
+            out.append(part)
+            continue
+        if isinstance(node, yaml.MappingNode):
+            match = [v for k, v in node.value if k.value == str(part)]
+            if match:
+                out.append(part)
+                node = match[0]
+            # else: a tag pydantic added (union member name); skip it
+            elif not out or isinstance(part, int):
+                out.append(part)
+                node = None
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            out.append(part)
+            node = node.value[part] if part < len(node.value) else None
+        else:
+            out.append(part)
+            node = None
+    return tuple(out)
+
+
+def load_model(path: str | Path, model: type[M], data: Any = None, node: Any = None) -> M:
+    """Read ``path`` (or use pre-read ``data``/``node``) and validate it as ``model``."""
+    if data is None:
+        data, node = read_yaml(path)
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise ConfigError(path, f"expected a mapping at the top level, got {kind}", line=1)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(path, node, exc) from None
