@@ -1,0 +1,5 @@
+import sys
+
+from selfimprove.cli import main
+
+sys.exit(main())

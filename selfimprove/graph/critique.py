@@ -1,0 +1,123 @@
+"""The critique graph: generate → check → critique → refine → … → judge, one prompt per thread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from selfimprove.hashing import prompt_id
+from selfimprove.graph.state import CritiqueContext, CritiqueInput, CritiqueState
+from selfimprove.nodes.check import check
+from selfimprove.nodes.critique import critique
+from selfimprove.nodes.generate import generate
+from selfimprove.nodes.judge import judge
+from selfimprove.nodes.refine import refine
+from selfimprove.types import CritiqueResult
+
+MIN_ROUNDS = 1  # Constitutional AI always revises at least once, even with no failed check
+
+
+def route_after_check(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> str:
+    """Critique again while checks fail (or before the first revision) and rounds remain."""
+    done = state.get("round", 0)
+    if done >= runtime.context.max_rounds:
+        return "judge"
+    clean = all(c.passed for c in state.get("checks", []))
+    return "judge" if clean and done >= MIN_ROUNDS else "critique"
+
+
+def build_critique_graph(checkpointer: Any = None):
+    """Compile the critique graph. Invoke it with ``context=CritiqueContext(...)``."""
+    g = StateGraph(CritiqueState, context_schema=CritiqueContext, input_schema=CritiqueInput)
+    g.add_node("generate", generate)
+    g.add_node("check", check)
+    g.add_node("critique", critique)
+    g.add_node("refine", refine)
+    g.add_node("judge", judge)
+    g.add_edge(START, "generate")
+    g.add_edge("generate", "check")
+    g.add_conditional_edges("check", route_after_check, ["critique", "judge"])
+    g.add_edge("critique", "refine")
+    g.add_edge("refine", "check")
+    g.add_edge("judge", END)
+    return g.compile(checkpointer=checkpointer, name="critique_loop")
+
+
+_GRAPH = None
+
+
+def critique_graph():
+    """The compiled graph without a checkpointer, built once."""
+    global _GRAPH
+    if _GRAPH is None:
+        _GRAPH = build_critique_graph()
+    return _GRAPH
+
+
+def to_result(state: CritiqueState, ctx: CritiqueContext) -> CritiqueResult:
+    """Package a finished graph state as the value that harvest and callers consume."""
+    return CritiqueResult(
+        prompt_id=state["prompt_id"],
+        prompt=state["prompt"],
+        constitution=ctx.constitution.name,
+        constitution_hash=ctx.constitution.content_hash,
+        policy_version=ctx.policy_version,
+        first_response=state["first_response"],
+        final_response=state["response"],
+        rounds=state.get("rounds", []),
+        final_checks=state.get("checks", []),
+        verdict=state.get("verdict"),
+        samples=state.get("samples") or [],
+        sample_scores=state.get("sample_scores") or [],
+        sample_checks_passed=state.get("sample_checks_passed") or [],
+        generated_tokens=state.get("generated_tokens", 0),
+    )
+
+
+def _input(item: str | tuple[str, str]) -> CritiqueInput:
+    pid, text = item if isinstance(item, tuple) else (prompt_id(item), item)
+    return {"prompt_id": pid, "prompt": text}
+
+
+async def acritique(prompt: str, ctx: CritiqueContext) -> CritiqueResult:
+    """Run the critique loop on one prompt (the plain-call way to embed it)."""
+    state = await critique_graph().ainvoke(_input(prompt), context=ctx)
+    return to_result(state, ctx)
+
+
+async def iter_critiques(
+    prompts: Sequence[str | tuple[str, str]], ctx: CritiqueContext, max_concurrency: int = 64
+) -> AsyncIterator[tuple[int, CritiqueResult]]:
+    """Run many prompts concurrently, yielding ``(index, result)`` as each finishes.
+
+    Concurrency is what lets the backend batch model calls across prompts.
+    """
+    graph = critique_graph()
+    limit = asyncio.Semaphore(max_concurrency)
+
+    async def one(i: int, item: str | tuple[str, str]) -> tuple[int, CritiqueResult]:
+        async with limit:
+            state = await graph.ainvoke(_input(item), context=ctx)
+        return i, to_result(state, ctx)
+
+    tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(prompts)]
+    try:
+        for fut in asyncio.as_completed(tasks):
+            yield await fut
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def critique_many(
+    prompts: Sequence[str | tuple[str, str]], ctx: CritiqueContext, max_concurrency: int = 64
+) -> list[CritiqueResult]:
+    """Run many prompts concurrently; results in input order."""
+    out: list[CritiqueResult | None] = [None] * len(prompts)
+    async for i, result in iter_critiques(prompts, ctx, max_concurrency):
+        out[i] = result
+    return [r for r in out if r is not None]

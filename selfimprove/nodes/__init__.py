@@ -1,0 +1,1 @@
+"""Graph nodes, one per file: each is ``state -> partial state`` and does no storage I/O."""

@@ -1,0 +1,12 @@
+"""check: run the constitution's executable checks on the current response."""
+
+from __future__ import annotations
+
+from langgraph.runtime import Runtime
+
+from selfimprove.checks import run_checks
+from selfimprove.graph.state import CritiqueContext, CritiqueState
+
+
+async def check(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> CritiqueState:
+    return {"checks": run_checks(runtime.context.constitution, state["response"])}

@@ -1,0 +1,42 @@
+"""judge: first response vs final revision in both orders; best-of-N samples scored pointwise."""
+
+from __future__ import annotations
+
+import asyncio
+
+from langgraph.runtime import Runtime
+
+from selfimprove.checks import passes, run_checks
+from selfimprove.graph.state import CritiqueContext, CritiqueState
+from selfimprove.judges import PairwiseJudge, PointwiseJudge, RubricItem
+
+
+async def judge(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> CritiqueState:
+    ctx = runtime.context
+    cons = ctx.constitution
+    update: CritiqueState = {"verdict": None}
+    tasks = []
+    if state.get("rounds"):
+        first_ok = passes(run_checks(cons, state["first_response"]))
+        final_ok = passes(state.get("checks", []))
+        pairwise = PairwiseJudge(
+            ctx.roles.judge, cons.judge.pairwise, use_logprobs=ctx.judge_logprobs
+        )
+        tasks.append(
+            pairwise.compare(
+                state["prompt"], state["first_response"], state["response"],
+                a_passes=first_ok, b_passes=final_ok, labels=("original", "revision"),
+            )
+        )
+    samples = state.get("samples") or []
+    if samples and cons.judge.pointwise:
+        rubric = [RubricItem(points=i.points, criterion=i.criterion) for i in cons.judge.pointwise]
+        pointwise = PointwiseJudge(ctx.roles.judge, rubric, use_logprobs=ctx.judge_logprobs)
+        tasks += [pointwise.score(state["prompt"], s) for s in samples]
+    results = await asyncio.gather(*tasks)
+    if state.get("rounds"):
+        update["verdict"], results = results[0], results[1:]
+    if samples:
+        update["sample_scores"] = list(results) if results else [None] * len(samples)
+        update["sample_checks_passed"] = [passes(run_checks(cons, s)) for s in samples]
+    return update

@@ -1,0 +1,53 @@
+"""Prompt sources: JSONL or plain-text files, local `datasets` datasets, hub datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from selfimprove.errors import ConfigError
+from selfimprove.hashing import prompt_id
+
+
+def load_prompts(path: str | Path, field: str = "prompt") -> list[tuple[str, str]]:
+    """Read ``(id, prompt)`` pairs from a ``.jsonl`` file (``{"prompt": ..., "id": ...}``
+    per line) or a text file (one prompt per line). Blank lines are skipped."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(path, "prompt file not found") from None
+    out: list[tuple[str, str]] = []
+    for no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            out.append((prompt_id(line.strip()), line.strip()))
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(path, f"invalid JSON: {exc.msg}", line=no) from None
+        text = row.get(field) if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(path, "each line needs a non-empty string", line=no, field=field)
+        out.append((str(row.get("id") or prompt_id(text)), text))
+    if not out:
+        raise ConfigError(path, "no prompts in file")
+    ids = [i for i, _ in out]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ConfigError(path, f"duplicate prompt id {dup!r}", field="id")
+    return out
+
+
+def load_dataset_prompts(name: str, split: str = "train", field: str = "prompt"):
+    """Prompts from a local `datasets` directory (``save_to_disk``) or a hub dataset id."""
+    from datasets import load_dataset, load_from_disk
+
+    ds = load_from_disk(name) if Path(name).is_dir() else load_dataset(name, split=split)
+    if hasattr(ds, "keys") and split in ds:
+        ds = ds[split]
+    if field not in ds.column_names:
+        raise ConfigError(name, f"dataset has no column {field!r} ({ds.column_names})")
+    return [(prompt_id(t), t) for t in ds[field] if isinstance(t, str) and t.strip()]

@@ -1,0 +1,212 @@
+"""The critique graph on a scripted backend: exact transitions, rounds, judging rules."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from selfimprove.backends.scripted import ScriptedBackend
+from selfimprove.constitution import load_constitution
+from selfimprove.graph import CritiqueContext, Roles, build_critique_graph, critique_many
+from selfimprove.graph.critique import to_result
+from selfimprove.types import SamplingParams
+
+CONSTITUTION = """
+name: tiny
+version: 1
+description: test constitution
+principles:
+  - id: brief
+    critique: Is it brief?
+    revision: Make it brief.
+  - id: kind
+    critique: Is it kind?
+    revision: Make it kind.
+    weight: 3
+checks:
+  - id: max_5_words
+    kind: max_words
+    value: 5
+judge:
+  pairwise: Pick the better response.
+  pointwise:
+    - points: 1
+      criterion: It is brief.
+"""
+
+LONG = "this answer is far too long for the rule"
+SHORT = "short answer"
+
+
+@pytest.fixture
+def constitution(tmp_path: Path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(CONSTITUTION)
+    return load_constitution(path)
+
+
+def user_text(conv) -> str:
+    return conv[-1].content
+
+
+def responder(revision: str):
+    def respond(conv, params: SamplingParams) -> str:
+        text = user_text(conv)
+        if "Critique request" in text:
+            return "It is too long."
+        if "Revision request" in text:
+            return revision
+        return LONG
+
+    return respond
+
+
+def prefer(which: str):
+    """A judge scorer: 'A' always (position bias), or the response containing ``which``."""
+
+    def score(conv, options):
+        text = user_text(conv)
+        if which == "A":
+            return {"A": math.log(0.9), "B": math.log(0.1)}
+        a_part = text.split("Response A:")[1].split("Response B:")[0]
+        a_wins = which in a_part
+        return {"A": math.log(0.8 if a_wins else 0.2), "B": math.log(0.2 if a_wins else 0.8)}
+
+    return score
+
+
+def make_ctx(constitution, backend, **kw) -> CritiqueContext:
+    return CritiqueContext(constitution=constitution, roles=Roles(policy=backend), **kw)
+
+
+async def run_steps(ctx) -> tuple[list[str], dict]:
+    graph = build_critique_graph()
+    steps: list[str] = []
+    async for update in graph.astream(
+        {"prompt_id": "p1", "prompt": "Why?"}, context=ctx, stream_mode="updates"
+    ):
+        steps += list(update)
+    state = await graph.ainvoke({"prompt_id": "p1", "prompt": "Why?"}, context=ctx)
+    return steps, state
+
+
+async def test_exact_transitions_until_clean(constitution):
+    backend = ScriptedBackend(responder(SHORT), prefer(SHORT))
+    steps, state = await run_steps(make_ctx(constitution, backend))
+    assert steps == ["generate", "check", "critique", "refine", "check", "judge"]
+    result = to_result(state, make_ctx(constitution, backend))
+    assert result.first_response == LONG and result.final_response == SHORT
+    assert [r.round for r in result.rounds] == [0]
+    assert result.rounds[0].critique.failed_checks == ["max_5_words"]
+    assert result.final_passes
+
+
+async def test_max_rounds_honoured(constitution):
+    backend = ScriptedBackend(responder(LONG + " still"), prefer(SHORT))
+    steps, state = await run_steps(make_ctx(constitution, backend, max_rounds=3))
+    assert steps == ["generate", "check"] + ["critique", "refine", "check"] * 3 + ["judge"]
+    assert len(state["rounds"]) == 3
+    assert not all(c.passed for c in state["checks"])
+
+
+async def test_clean_first_response_is_still_revised_once(constitution):
+    def respond(conv, params):
+        return "ok then" if "Revision request" in user_text(conv) else "fine"
+
+    backend = ScriptedBackend(respond, prefer("fine"))
+    steps, state = await run_steps(make_ctx(constitution, backend))
+    assert steps == ["generate", "check", "critique", "refine", "check", "judge"]
+    assert state["verdict"].winner == "a"  # the judge prefers the original in both orders
+
+
+async def test_position_biased_judge_gives_a_tie(constitution):
+    constitution.checks.clear()  # both pass, so the judge (not the checks) decides
+    backend = ScriptedBackend(responder("tiny reply"), prefer("A"))
+    _, state = await run_steps(make_ctx(constitution, backend))
+    v = state["verdict"]
+    assert v.winner == "tie" and v.decided_by == "flip"
+    assert v.p_b == pytest.approx(0.5)
+
+
+async def test_checks_dominate_the_judge(constitution):
+    # The judge prefers the long original in both orders, but it fails a hard check.
+    backend = ScriptedBackend(responder(SHORT), prefer(LONG))
+    _, state = await run_steps(make_ctx(constitution, backend))
+    v = state["verdict"]
+    assert v.winner == "b" and v.decided_by == "checks"
+    assert v.p_b < 0.5  # the soft label still records what the judge thought
+    assert not v.a_passes_checks and v.b_passes_checks
+
+
+async def test_judge_abstains_after_unparseable_verdicts(constitution):
+    calls = []
+
+    def respond(conv, params):
+        text = user_text(conv)
+        if "Which response is better" in text:
+            calls.append(params.temperature)
+            return "Both are fine, really."
+        return responder(SHORT)(conv, params)
+
+    backend = ScriptedBackend(respond)  # no log-probabilities: generated verdicts
+    # Both responses pass the checks so the judge, not the checks, must decide.
+    constitution.checks.clear()
+    _, state = await run_steps(make_ctx(constitution, backend))
+    v = state["verdict"]
+    assert v.winner == "abstain" and v.decided_by == "abstain"
+    assert all(o.method == "abstain" for o in v.orders)
+    # 3 attempts per order, 2 orders, two graph runs (astream + ainvoke)
+    assert len(calls) == 12
+
+
+async def test_generated_verdicts_are_parsed(constitution):
+    def respond(conv, params):
+        text = user_text(conv)
+        if "Which response is better" in text:
+            a_part = text.split("Response A:")[1].split("Response B:")[0]
+            return "A" if SHORT in a_part else "Response B is better."
+        return responder(SHORT)(conv, params)
+
+    constitution.checks.clear()
+    _, state = await run_steps(make_ctx(constitution, ScriptedBackend(respond)))
+    v = state["verdict"]
+    assert v.winner == "b" and v.decided_by == "judge"
+    assert [o.method for o in v.orders] == ["generated", "generated"]
+    assert v.p_b == 1.0
+
+
+async def test_best_of_n_samples_are_scored(constitution):
+    def respond(conv, params):
+        return SHORT if params.temperature > 0 else responder(SHORT)(conv, params)
+
+    def scorer(conv, options):
+        if options == ("Yes", "No"):
+            yes = 0.9 if SHORT in user_text(conv) else 0.3
+            return {"Yes": math.log(yes), "No": math.log(1 - yes)}
+        return prefer(SHORT)(conv, options)
+
+    backend = ScriptedBackend(respond, scorer)
+    _, state = await run_steps(make_ctx(constitution, backend, num_samples=3))
+    assert state["samples"] == [SHORT] * 3
+    assert state["sample_scores"] == [pytest.approx(0.9)] * 3
+    assert state["sample_checks_passed"] == [True] * 3
+
+
+async def test_principles_are_sampled_per_round_and_seeded(constitution):
+    backend = ScriptedBackend(responder(LONG + " again"), prefer(SHORT))
+    ctx = make_ctx(constitution, backend, max_rounds=2, seed=7)
+    (r1,) = await critique_many(["Why?"], ctx)
+    (r2,) = await critique_many(["Why?"], ctx)
+    ids = [r.critique.principle_ids for r in r1.rounds]
+    assert ids == [r.critique.principle_ids for r in r2.rounds]
+    assert all(len(i) == 1 and i[0] in {"brief", "kind"} for i in ids)
+
+
+async def test_many_prompts_run_concurrently(constitution):
+    backend = ScriptedBackend(responder(SHORT), prefer(SHORT))
+    prompts = [f"question {i}" for i in range(10)]
+    results = await critique_many(prompts, make_ctx(constitution, backend))
+    assert [r.prompt for r in results] == prompts
+    assert all(r.verdict.winner == "b" for r in results)
