@@ -1,0 +1,297 @@
+"""In-process vLLM backend (CUDA GPU): ``vllm.LLM`` with a ``LoRARequest`` per policy version.
+
+``LLM`` is synchronous and not thread-safe, so every engine call runs in one worker thread at a
+time (``asyncio.to_thread`` under a lock). Concurrent ``generate``/``option_logprobs`` calls from
+many graph threads are gathered for a short window and sent to vLLM as one ``chat`` call with
+per-prompt sampling params and adapters; vLLM's scheduler does the batching from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfimprove.backends.base import Backend
+from selfimprove.backends.openai import logprobs_for_options
+from selfimprove.errors import BackendError
+from selfimprove.types import Completion, Conversation, PolicyRef, SamplingParams
+
+__all__ = ["VLLMBackend"]
+
+_WARMUP = [{"role": "user", "content": "Hi"}]
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as exc:
+        raise BackendError(
+            "the vLLM backend needs the vllm package, which runs on CUDA GPUs: "
+            f"pip install 'selfimprove[vllm]' on a GPU machine ({exc})"
+        ) from None
+    return vllm
+
+
+@dataclass
+class _Job:
+    """One caller's prompts, waiting to be sent to the engine with other callers' prompts."""
+
+    messages: list[list[dict[str, str]]]
+    sampling: list[Any]  # vllm.SamplingParams, one per prompt
+    lora: Any | None  # vllm LoRARequest or None for the base model
+    future: asyncio.Future
+
+
+class VLLMBackend(Backend):
+    """Chat completions from an in-process ``vllm.LLM``.
+
+    ``model`` is a model argument (see :func:`selfimprove.models.resolve_model`; ``None`` is
+    the embedded default). ``max_lora_rank`` must be at least the rank of every adapter
+    served. ``collect_window_s`` is how long concurrent calls are gathered into one engine
+    call. Other keyword arguments go to ``vllm.LLM`` (``gpu_memory_utilization``,
+    ``max_model_len``, ``dtype``, ``seed``, ...). ``policy`` is served from the start.
+    """
+
+    supports_logprobs = True
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        enable_lora: bool = True,
+        max_lora_rank: int = 64,
+        max_loras: int = 4,
+        top_logprobs: int = 20,
+        collect_window_s: float = 0.005,
+        policy: PolicyRef | None = None,
+        **llm_kwargs: Any,
+    ) -> None:
+        from selfimprove.models import resolve_model
+
+        self._vllm = _import_vllm()
+        self.model_path = resolve_model(model)
+        self.enable_lora = enable_lora
+        self.max_lora_rank = max_lora_rank
+        self.top_logprobs = top_logprobs
+        self.collect_window_s = collect_window_s
+        lora_kwargs = (
+            {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": max_loras}
+            if enable_lora
+            else {}
+        )
+        self._llm = self._vllm.LLM(model=self.model_path, **lora_kwargs, **llm_kwargs)
+        self._engine_lock = threading.Lock()  # LLM is not thread-safe
+        self._pending: list[_Job] = []
+        self._drainer: asyncio.Task | None = None
+        self._lora_ids: dict[tuple[str, str], int] = {}
+        self._policy: PolicyRef | None = None
+        self._lora: Any | None = None
+        if policy is not None:
+            lora = self._lora_request(policy)
+            if lora is not None:
+                self._warm_up(lora, policy)
+            self._policy, self._lora = policy, lora
+
+    def __repr__(self) -> str:
+        version = self._policy.version if self._policy else None
+        return f"{type(self).__name__}(model={self.model_path!r}, policy={version!r})"
+
+    @property
+    def policy(self) -> PolicyRef | None:
+        return self._policy
+
+    # ----- the Backend contract -----
+
+    async def generate(
+        self, conversations: Sequence[Conversation], params: SamplingParams
+    ) -> list[list[Completion]]:
+        if not conversations:
+            return []
+        # vLLM refuses n > 1 with greedy decoding; greedy samples are identical anyway
+        copies = params.n if params.temperature == 0 and params.n > 1 else 1
+        messages = [self._messages(conv) for conv in conversations]
+        # one SamplingParams per prompt: the engine may adjust them per request
+        sampling = [
+            self._vllm.SamplingParams(
+                n=params.n // copies,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_new_tokens,
+                seed=params.seed,
+                stop=list(params.stop) or None,
+            )
+            for _ in messages
+        ]
+        outputs = await self._submit(messages, sampling, self._lora)
+        results = []
+        for out in outputs:
+            completions = [
+                Completion(
+                    text=o.text,
+                    num_tokens=len(o.token_ids),
+                    finish_reason="length" if o.finish_reason == "length" else "stop",
+                )
+                for o in sorted(out.outputs, key=lambda o: o.index)
+            ]
+            results.append(completions * copies)
+        return results
+
+    async def option_logprobs(
+        self, conversations: Sequence[Conversation], options: Sequence[str]
+    ) -> list[dict[str, float]]:
+        if not conversations:
+            return []
+        messages = [self._messages(conv) for conv in conversations]
+        sampling = [
+            self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.top_logprobs)
+            for _ in messages
+        ]
+        outputs = await self._submit(messages, sampling, self._lora)
+        tokenizer = None
+        results = []
+        for out in outputs:
+            first = out.outputs[0].logprobs[0]  # {token_id: Logprob} for the first position
+            top = []
+            for token_id, entry in first.items():
+                token = getattr(entry, "decoded_token", None)
+                if token is None:
+                    tokenizer = tokenizer or self._llm.get_tokenizer()
+                    token = tokenizer.decode([token_id])
+                top.append((token, float(entry.logprob)))
+            results.append(logprobs_for_options(top, options))
+        return results
+
+    async def load_policy(self, policy: PolicyRef) -> None:
+        """Serve ``policy`` from now on; its adapter is loaded and tried once first.
+
+        On failure the previous policy keeps serving. Requests already submitted finish on the
+        policy they started with.
+        """
+        serving = self._policy.version if self._policy else "the base model"
+        try:
+            lora = self._lora_request(policy)
+            if lora is not None:
+                try:
+                    await self._submit(
+                        [_WARMUP], [self._vllm.SamplingParams(max_tokens=1)], lora
+                    )
+                except BackendError as exc:
+                    raise BackendError(self._load_failed(policy, exc)) from None
+        except BackendError as exc:
+            raise BackendError(f"{exc}; still serving {serving}") from None
+        self._policy, self._lora = policy, lora
+
+    async def aclose(self) -> None:
+        """Drop the engine reference (vLLM frees GPU memory when the engine is collected)."""
+        drainer = self._drainer
+        running = asyncio.get_running_loop()
+        if drainer is not None and not drainer.done() and drainer.get_loop() is running:
+            await asyncio.gather(drainer, return_exceptions=True)
+        self._llm = None
+
+    # ----- adapters -----
+
+    def _lora_request(self, policy: PolicyRef) -> Any | None:
+        """A ``LoRARequest`` for ``policy`` (``None`` for the base model), checked up front."""
+        if policy.adapter_path is None:
+            return None
+        where = f"policy '{policy.version}' (adapter {policy.adapter_path})"
+        if not self.enable_lora:
+            raise BackendError(f"{where}: this VLLMBackend was built with enable_lora=False")
+        config_path = Path(policy.adapter_path) / "adapter_config.json"
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"{where}: cannot read {config_path.name}: {exc}") from None
+        rank = int(config.get("r") or 0)
+        if rank > self.max_lora_rank:
+            raise BackendError(
+                f"{where}: LoRA rank {rank} exceeds max_lora_rank={self.max_lora_rank}; "
+                f"build VLLMBackend(max_lora_rank={rank}) or more"
+            )
+        # one id per (version, path): vLLM caches adapters by id, so a reused id would keep
+        # serving the old weights
+        key = (policy.version, str(Path(policy.adapter_path).resolve()))
+        lora_id = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(lora_name=policy.version, lora_int_id=lora_id, lora_path=key[1])
+
+    def _warm_up(self, lora: Any, policy: PolicyRef) -> None:
+        try:
+            with self._engine_lock:
+                self._llm.chat(
+                    messages=[_WARMUP],
+                    sampling_params=[self._vllm.SamplingParams(max_tokens=1)],
+                    lora_request=lora,
+                    use_tqdm=False,
+                )
+        except Exception as exc:  # vLLM raises many types for a bad adapter
+            raise BackendError(self._load_failed(policy, exc)) from None
+
+    @staticmethod
+    def _load_failed(policy: PolicyRef, exc: Exception) -> str:
+        return (
+            f"policy '{policy.version}' (adapter {policy.adapter_path}): the adapter failed "
+            f"its first request: {type(exc).__name__}: {exc}"
+        )
+
+    # ----- gathering concurrent calls into one engine call -----
+
+    @staticmethod
+    def _messages(conv: Conversation) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in conv]
+
+    async def _submit(
+        self, messages: list[list[dict[str, str]]], sampling: list[Any], lora: Any | None
+    ) -> list[Any]:
+        if self._llm is None:
+            raise BackendError(f"{self!r} is closed")
+        loop = asyncio.get_running_loop()
+        job = _Job(messages, sampling, lora, loop.create_future())
+        self._pending.append(job)
+        if self._drainer is None or self._drainer.done() or self._drainer.get_loop() is not loop:
+            self._drainer = loop.create_task(self._drain())
+        return await job.future
+
+    async def _drain(self) -> None:
+        # Bounded: each pass takes every pending job; it ends when no caller added more.
+        while self._pending:
+            await asyncio.sleep(self.collect_window_s)
+            jobs, self._pending = self._pending, []
+            await self._run(jobs)
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        messages = [m for job in jobs for m in job.messages]
+        sampling = [s for job in jobs for s in job.sampling]
+        loras = [job.lora for job in jobs for _ in job.messages]
+        lora_arg = loras[0] if all(x is loras[0] for x in loras) else loras
+        try:
+            outputs = await asyncio.to_thread(self._chat, messages, sampling, lora_arg)
+        except Exception as exc:
+            if len(jobs) > 1:  # one bad request must not fail the callers batched with it
+                for job in jobs:
+                    await self._run([job])
+                return
+            if not jobs[0].future.done():
+                jobs[0].future.set_exception(
+                    BackendError(f"vLLM ({self.model_path}) failed: {type(exc).__name__}: {exc}")
+                )
+            return
+        start = 0
+        for job in jobs:
+            end = start + len(job.messages)
+            if not job.future.done():  # the caller may have been cancelled
+                job.future.set_result(outputs[start:end])
+            start = end
+
+    def _chat(self, messages: list, sampling: list, lora: Any) -> list[Any]:
+        with self._engine_lock:
+            return self._llm.chat(
+                messages=messages, sampling_params=sampling, lora_request=lora, use_tqdm=False
+            )

@@ -1,0 +1,264 @@
+"""VLLMBackend on the embedded model (CUDA GPU with vllm installed; skipped elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+import types
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+
+from selfimprove.errors import BackendError
+from selfimprove.types import Message, PolicyRef, SamplingParams
+
+PROMPTS = ["Name a colour.", "Say hello to Ada."]
+
+
+def conv(text: str) -> list[Message]:
+    return [Message(role="user", content=text)]
+
+
+def test_missing_vllm_says_how_to_install():
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    from selfimprove.backends.vllm import VLLMBackend
+
+    with pytest.raises(BackendError, match=r"pip install 'selfimprove\[vllm\]'"):
+        VLLMBackend(None)
+
+
+# ----- the gathering and policy logic, on CPU, with a scripted stand-in for the vllm module -----
+
+
+@dataclass
+class FakeLoRARequest:
+    lora_name: str
+    lora_int_id: int
+    lora_path: str
+
+
+class FakeSamplingParams:
+    def __init__(self, **kw):
+        self.__dict__.update(n=1, temperature=1.0, logprobs=None, stop=None, seed=None)
+        self.__dict__.update(kw)
+
+
+class FakeLLM:
+    """Answers ``<last user message>/<adapter or base>/<sample index>``; records every call."""
+
+    def __init__(self, model, **kwargs):
+        self.model, self.kwargs, self.calls = model, kwargs, []
+
+    def chat(self, messages, sampling_params, lora_request, use_tqdm):
+        self.calls.append((messages, sampling_params, lora_request))
+        outs = []
+        for i, (msgs, sp) in enumerate(zip(messages, sampling_params, strict=True)):
+            lora = lora_request[i] if isinstance(lora_request, list) else lora_request
+            if msgs[-1]["content"] == "boom":
+                raise ValueError("prompt too long")
+            if lora is not None and "broken" in lora.lora_path:
+                raise RuntimeError("adapter weights do not fit the model")
+            if sp.temperature == 0 and sp.n > 1:  # what vLLM does
+                raise ValueError("n must be 1 when using greedy sampling")
+            name = lora.lora_name if lora else "base"
+            top = {5: SimpleNamespace(logprob=-0.4, decoded_token="Yes"),
+                   6: SimpleNamespace(logprob=-1.3, decoded_token=" No")}
+            outs.append(SimpleNamespace(outputs=[
+                SimpleNamespace(index=j, text=f"{msgs[-1]['content']}/{name}/{j}",
+                                token_ids=[1, 2, 3], finish_reason="length",
+                                logprobs=[top] if sp.logprobs else None)
+                for j in reversed(range(sp.n))  # out of order: the backend sorts by index
+            ]))
+        return outs
+
+
+@pytest.fixture
+def fake_backend(monkeypatch, tmp_path):
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = FakeLLM, FakeSamplingParams
+    request = types.ModuleType("vllm.lora.request")
+    request.LoRARequest = FakeLoRARequest
+    for name, module in [("vllm", vllm), ("vllm.lora", types.ModuleType("vllm.lora")),
+                         ("vllm.lora.request", request)]:
+        monkeypatch.setitem(sys.modules, name, module)
+    from selfimprove.backends.vllm import VLLMBackend
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    return VLLMBackend(str(model_dir), max_lora_rank=8, collect_window_s=0.01)
+
+
+def make_adapter(root, name, rank=8):
+    path = root / name
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps({"r": rank}))
+    return str(path)
+
+
+async def test_concurrent_calls_become_one_engine_call(fake_backend):
+    llm = fake_backend._llm
+    params = SamplingParams(n=2, temperature=0.7, seed=3, stop=("x",), max_new_tokens=5)
+    outs = await asyncio.gather(
+        fake_backend.generate([conv("a"), conv("b")], params),
+        fake_backend.generate([conv("c")], params),
+    )
+    assert len(llm.calls) == 1 and len(llm.calls[0][0]) == 3
+    assert [[c.text for c in per] for out in outs for per in out] == [
+        ["a/base/0", "a/base/1"], ["b/base/0", "b/base/1"], ["c/base/0", "c/base/1"]]
+    sp = llm.calls[0][1][0]
+    assert (sp.n, sp.temperature, sp.seed, sp.stop, sp.max_tokens) == (2, 0.7, 3, ["x"], 5)
+    assert outs[0][0][0].finish_reason == "length" and outs[0][0][0].num_tokens == 3
+
+
+async def test_greedy_n_is_one_engine_sample_copied(fake_backend):
+    (out,) = await fake_backend.generate([conv("a")], SamplingParams(n=3))
+    assert [c.text for c in out] == ["a/base/0"] * 3
+    assert fake_backend._llm.calls[0][1][0].n == 1
+
+
+async def test_a_failing_request_does_not_fail_its_batch_mates(fake_backend):
+    good, bad = await asyncio.gather(
+        fake_backend.generate([conv("fine")], SamplingParams()),
+        fake_backend.generate([conv("boom")], SamplingParams()),
+        return_exceptions=True,
+    )
+    assert good[0][0].text == "fine/base/0"
+    assert isinstance(bad, BackendError) and "prompt too long" in str(bad)
+    assert [len(c[0]) for c in fake_backend._llm.calls] == [2, 1, 1]
+
+
+async def test_option_logprobs_map_first_token_top_list(fake_backend):
+    (lps,) = await fake_backend.option_logprobs([conv("sky blue?")], ["Yes", "No", "Maybe"])
+    assert lps["Yes"] == pytest.approx(-0.4) and lps["No"] == pytest.approx(-1.3)
+    assert lps["Maybe"] <= -1.3
+    sp = fake_backend._llm.calls[0][1][0]
+    assert (sp.max_tokens, sp.temperature, sp.logprobs) == (1, 0.0, 20)
+
+
+async def test_policies_get_lora_requests_and_failures_keep_the_old_one(fake_backend, tmp_path):
+    llm = fake_backend._llm
+    assert llm.kwargs["enable_lora"] and llm.kwargs["max_lora_rank"] == 8
+    v1 = PolicyRef(version="v1", adapter_path=make_adapter(tmp_path, "a1"))
+    await fake_backend.load_policy(v1)
+    ((out,),) = await fake_backend.generate([conv("q")], SamplingParams())
+    assert out.text == "q/v1/0" and fake_backend.policy == v1
+    assert llm.calls[-1][2] == FakeLoRARequest("v1", 1, str((tmp_path / "a1").resolve()))
+
+    bad = [
+        (PolicyRef(version="v2", adapter_path=make_adapter(tmp_path, "broken")), "do not fit"),
+        (PolicyRef(version="v3", adapter_path=str(tmp_path / "absent")), "adapter_config"),
+        (PolicyRef(version="v4", adapter_path=make_adapter(tmp_path, "big", 64)), "rank 64"),
+    ]
+    for policy, why in bad:
+        with pytest.raises(BackendError, match=why) as info:
+            await fake_backend.load_policy(policy)
+        assert "still serving v1" in str(info.value)
+        assert fake_backend.policy == v1
+
+    v5 = PolicyRef(version="v5", adapter_path=make_adapter(tmp_path, "a5"))
+    await fake_backend.load_policy(v5)
+    await fake_backend.load_policy(v1)  # back to v1: same adapter id as before
+    ((out,),) = await fake_backend.generate([conv("q")], SamplingParams())
+    assert out.text == "q/v1/0" and llm.calls[-1][2].lora_int_id == 1
+    await fake_backend.load_policy(PolicyRef(version="v0"))
+    ((out,),) = await fake_backend.generate([conv("q")], SamplingParams())
+    assert out.text == "q/base/0" and llm.calls[-1][2] is None
+
+
+# ----- the real engine on a GPU -----
+
+
+@pytest.fixture(scope="module")
+def backend():
+    pytest.importorskip("vllm")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from selfimprove.backends.vllm import VLLMBackend
+
+    b = VLLMBackend(
+        None, max_lora_rank=8, gpu_memory_utilization=0.3, max_model_len=1024, enforce_eager=True
+    )
+    yield b
+    asyncio.run(b.aclose())
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    """A rank-8 LoRA adapter with random (non-zero) weights, so it visibly changes outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    from selfimprove.models import load_causal_lm
+
+    model = get_peft_model(
+        load_causal_lm(None),
+        LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                   init_lora_weights=False),
+    )
+    path = tmp_path_factory.mktemp("adapter") / "v1"
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.gpu
+async def test_generate_greedy_n_seed_and_stop(backend):
+    greedy = SamplingParams(max_new_tokens=12)
+    batch = await backend.generate([conv(p) for p in PROMPTS], greedy)
+    again = await backend.generate([conv(p) for p in PROMPTS], greedy)
+    # concurrent single calls are gathered into one engine call and give the same answers
+    alone = await asyncio.gather(*(backend.generate([conv(p)], greedy) for p in PROMPTS))
+    texts = [c[0].text for c in batch]
+    assert all(t.strip() for t in texts)
+    assert texts == [c[0].text for c in again] == [a[0][0].text for a in alone]
+    assert all(0 < c[0].num_tokens <= 12 for c in batch)
+
+    (copies,) = await backend.generate([conv(PROMPTS[0])], greedy.model_copy(update={"n": 3}))
+    assert [c.text for c in copies] == [texts[0]] * 3
+
+    sampled = SamplingParams(max_new_tokens=8, temperature=1.0, n=3, seed=11)
+    (first,) = await backend.generate([conv(PROMPTS[0])], sampled)
+    (second,) = await backend.generate([conv(PROMPTS[0])], sampled)
+    assert len(first) == 3 and [c.text for c in first] == [c.text for c in second]
+
+    words = texts[0].split()
+    assert len(words) >= 2, texts[0]
+    stop = words[len(words) // 2]
+    ((cut,),) = await backend.generate(
+        [conv(PROMPTS[0])], greedy.model_copy(update={"stop": (stop,)})
+    )
+    assert cut.text == texts[0][: texts[0].find(stop)] and cut.finish_reason == "stop"
+
+
+@pytest.mark.gpu
+async def test_option_logprobs_rank_the_greedy_token_first(backend):
+    question = conv("Is the sky blue? Answer Yes or No.")
+    ((token,),) = await backend.generate([question], SamplingParams(max_new_tokens=1))
+    assert token.text.strip(), repr(token.text)
+    (lps,) = await backend.option_logprobs([question], [token.text, "zqxj"])
+    assert set(lps) == {token.text, "zqxj"}
+    assert lps["zqxj"] < lps[token.text] <= 0.0
+
+
+@pytest.mark.gpu
+async def test_adapter_switching(backend, adapter_dir):
+    greedy = SamplingParams(max_new_tokens=12)
+    prompts = [conv(p) for p in PROMPTS]
+    base = [c[0].text for c in await backend.generate(prompts, greedy)]
+
+    v1 = PolicyRef(version="v1", adapter_path=adapter_dir)
+    await backend.load_policy(v1)
+    assert backend.policy == v1
+    tuned = [c[0].text for c in await backend.generate(prompts, greedy)]
+    assert tuned != base
+
+    with pytest.raises(BackendError, match="still serving v1"):
+        await backend.load_policy(PolicyRef(version="v2", adapter_path=adapter_dir + "-missing"))
+    assert backend.policy == v1
+
+    await backend.load_policy(PolicyRef(version="v0"))
+    assert [c[0].text for c in await backend.generate(prompts, greedy)] == base
