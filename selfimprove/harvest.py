@@ -1,0 +1,317 @@
+"""Turn critique results into preference pairs and SFT rows (TRL conversational format).
+
+Two strategies:
+
+- ``revision``: the first response against the final revision, labelled by the
+  position-swapped pairwise verdict (Constitutional AI style);
+- ``best_of_n``: the best against the worst of N scored samples (Self-Rewarding style).
+
+Executable checks dominate everywhere: a response that fails a hard check is never chosen.
+Every row carries provenance columns; the store fixes their Parquet schema.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from selfimprove.store import content_hash
+from selfimprove.types import CheckResult, CritiqueResult, OrderJudgment, Verdict
+
+__all__ = ["HarvestConfig", "HarvestOutput", "harvest"]
+
+Strategy = Literal["revision", "best_of_n"]
+
+
+class HarvestConfig(BaseModel):
+    """Which pairs to keep."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategies: list[Strategy] = Field(default_factory=lambda: ["revision"])
+    min_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="drop pairs whose judge margin (|p_b - 0.5| * 2, or the normalized score "
+        "gap for best_of_n) is below this",
+    )
+    max_length_ratio: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="drop pairs whose chosen side has more than this many times the words "
+        "of the rejected side (guards against a judge's length bias)",
+    )
+    sft_requires_checks: bool = True
+    score_scale: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="the pointwise judge's score range (max - min), used to normalize "
+        "best_of_n score gaps into [0, 1]",
+    )
+
+
+class HarvestOutput(BaseModel):
+    """Rows for the store, plus why the rest were dropped."""
+
+    pairs: list[dict[str, Any]] = Field(default_factory=list)
+    sft: list[dict[str, Any]] = Field(default_factory=list)
+    dropped: dict[str, int] = Field(default_factory=dict)
+    kept: dict[str, int] = Field(default_factory=dict)
+
+
+class _Side(BaseModel):
+    """One response of a candidate pair and what is known about it."""
+
+    text: str
+    passes: bool
+    checks: list[CheckResult] = Field(default_factory=list)
+    score: float | None = None
+
+
+class _Drop(Exception):
+    """Internal: a pair is dropped for ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def _passes(checks: Sequence[CheckResult]) -> bool:
+    return all(c.passed for c in checks if c.hard)
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _p_b(order: OrderJudgment) -> float | None:
+    """The probability that ``b`` (the revision) is better, as seen in one order."""
+    if order.p_first is None:
+        return None
+    b_first = order.first in ("b", "revision")
+    return order.p_first if b_first else 1.0 - order.p_first
+
+
+def _order_labels(verdict: Verdict | None) -> tuple[float | None, float | None]:
+    if verdict is None:
+        return None, None
+    labels = [_p_b(o) for o in verdict.orders[:2]]
+    labels += [None] * (2 - len(labels))
+    return labels[0], labels[1]
+
+
+def _principles(result: CritiqueResult) -> list[str]:
+    seen: dict[str, None] = {}
+    for rnd in result.rounds:
+        if rnd.critique is not None:
+            seen.update(dict.fromkeys(rnd.critique.principle_ids))
+    return list(seen)
+
+
+def _critiques(result: CritiqueResult) -> list[str]:
+    return [r.critique.text for r in result.rounds if r.critique is not None]
+
+
+def _first_checks(result: CritiqueResult) -> list[CheckResult]:
+    """Check results of the first response: round 0's, or the final ones if nothing changed."""
+    if result.rounds:
+        return list(result.rounds[0].checks)
+    if result.first_response == result.final_response:
+        return list(result.final_checks)
+    return []
+
+
+def _check_json(chosen: _Side, rejected: _Side) -> str:
+    def side(s: _Side) -> dict[str, Any]:
+        return {
+            "passes": s.passes,
+            "score": s.score,
+            "checks": [c.model_dump() for c in s.checks],
+        }
+
+    return json.dumps({"chosen": side(chosen), "rejected": side(rejected)}, sort_keys=True)
+
+
+def _guard(chosen: _Side, rejected: _Side, margin: float, cfg: HarvestConfig) -> None:
+    """Filters shared by all strategies; raises :class:`_Drop`."""
+    if not chosen.text.strip() or not rejected.text.strip():
+        raise _Drop("empty")
+    if _normalized(chosen.text) == _normalized(rejected.text):
+        raise _Drop("identical")
+    if not chosen.passes:
+        # Both sides fail a hard check: neither may be taught as the preferred answer.
+        raise _Drop("chosen_fails_checks")
+    if margin < cfg.min_margin:
+        raise _Drop("below_margin")
+    if cfg.max_length_ratio is not None:
+        ratio = _words(chosen.text) / max(_words(rejected.text), 1)
+        if ratio > cfg.max_length_ratio:
+            raise _Drop("length_guard")
+
+
+def _revision_pair(result: CritiqueResult, cfg: HarvestConfig) -> tuple[_Side, _Side, float, str]:
+    """Chosen, rejected, margin and deciding signal for the first-vs-final pair."""
+    if not any(r.revision is not None for r in result.rounds):
+        raise _Drop("no_revision")
+    verdict = result.verdict
+    # Trust a failure from either source: the verdict's flags or the recorded check results.
+    first_checks = _first_checks(result)
+    a = _Side(
+        text=result.first_response,
+        checks=first_checks,
+        passes=(verdict is None or verdict.a_passes_checks) and _passes(first_checks),
+    )
+    b = _Side(
+        text=result.final_response,
+        checks=list(result.final_checks),
+        passes=(verdict is None or verdict.b_passes_checks) and result.final_passes,
+    )
+    if _normalized(a.text) == _normalized(b.text):
+        raise _Drop("identical")
+    if a.passes != b.passes:
+        # Executable checks decide, whatever the judge preferred.
+        return (b, a, 1.0, "checks") if b.passes else (a, b, 1.0, "checks")
+    if verdict is None:
+        raise _Drop("no_verdict")
+    if verdict.winner in ("tie", "abstain"):
+        raise _Drop(verdict.winner)
+    chosen, rejected = (b, a) if verdict.winner == "b" else (a, b)
+    return chosen, rejected, verdict.margin, verdict.decided_by
+
+
+def _best_of_n_pair(result: CritiqueResult, cfg: HarvestConfig) -> tuple[_Side, _Side, float, str]:
+    """Chosen, rejected, margin and deciding signal for the best-vs-worst sample pair."""
+    if not result.samples:
+        raise _Drop("no_samples")
+    n = len(result.samples)
+    # Missing entries mean "not scored" and "no check failed", never a made-up score.
+    scores = (list(result.sample_scores) + [None] * n)[:n]
+    passed = (list(result.sample_checks_passed) + [True] * n)[:n]
+    first_checks = _first_checks(result)
+    sides: list[_Side] = []
+    for text, score, ok in zip(result.samples, scores, passed, strict=True):
+        if score is None:
+            continue  # an abstaining judge gives no evidence either way
+        checks = first_checks if text == result.first_response else []
+        sides.append(_Side(text=text, score=score, passes=ok and _passes(checks), checks=checks))
+    if len(sides) < 2:
+        raise _Drop("too_few_scored")
+    ranked = sorted(sides, key=lambda s: (s.passes, s.score))  # stable: ties keep sample order
+    worst, best = ranked[0], ranked[-1]
+    if (best.passes, best.score) == (worst.passes, worst.score):
+        raise _Drop("all_equal")
+    if best.passes != worst.passes:
+        return best, worst, 1.0, "checks"
+    gap = (best.score or 0.0) - (worst.score or 0.0)
+    return best, worst, min(gap / cfg.score_scale, 1.0), "score"
+
+
+def _messages(role: str, text: str) -> list[dict[str, str]]:
+    return [{"role": role, "content": text}]
+
+
+def _provenance(result: CritiqueResult, cycle: int, created_at: str) -> dict[str, Any]:
+    p1, p2 = _order_labels(result.verdict)
+    return {
+        "prompt_id": result.prompt_id,
+        "constitution": result.constitution,
+        "constitution_hash": result.constitution_hash,
+        "principle_ids": _principles(result),
+        "p_b_order1": p1,
+        "p_b_order2": p2,
+        "critiques": _critiques(result),
+        "policy_version": result.policy_version,
+        "cycle": cycle,
+        "created_at": created_at,
+    }
+
+
+def _pair_row(
+    result: CritiqueResult,
+    strategy: str,
+    chosen: _Side,
+    rejected: _Side,
+    margin: float,
+    decided_by: str,
+    base: dict[str, Any],
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "prompt": _messages("user", result.prompt),
+        "chosen": _messages("assistant", chosen.text),
+        "rejected": _messages("assistant", rejected.text),
+        "strategy": strategy,
+        **base,
+        "check_results": _check_json(chosen, rejected),
+        "margin": float(margin),
+        "decided_by": decided_by,
+    }
+    if strategy == "best_of_n":
+        row["principle_ids"], row["critiques"] = [], []  # samples were not critiqued
+        row["p_b_order1"] = row["p_b_order2"] = None
+    row["content_hash"] = content_hash(row)
+    return row
+
+
+def _sft_row(result: CritiqueResult, base: dict[str, Any]) -> dict[str, Any]:
+    checks = [c.model_dump() for c in result.final_checks]
+    messages = _messages("user", result.prompt) + _messages("assistant", result.final_response)
+    verdict = result.verdict
+    row: dict[str, Any] = {
+        "messages": messages,
+        "strategy": "final_revision",
+        **base,
+        "check_results": json.dumps({"final": checks}, sort_keys=True),
+        "margin": verdict.margin if verdict is not None and verdict.p_b is not None else None,
+    }
+    row["content_hash"] = content_hash(row)
+    return row
+
+
+def harvest(
+    results: Sequence[CritiqueResult],
+    cfg: HarvestConfig,
+    *,
+    cycle: int = 0,
+    now: datetime | None = None,
+) -> HarvestOutput:
+    """Build preference pairs and SFT rows from critique results.
+
+    ``dropped`` counts every pair or SFT row not produced, by reason; ``kept`` counts pairs by
+    strategy (and SFT rows under ``"sft"``).
+    """
+    created_at = (now or datetime.now(timezone.utc)).isoformat()
+    builders = {"revision": _revision_pair, "best_of_n": _best_of_n_pair}
+    out = HarvestOutput()
+    dropped: Counter[str] = Counter()
+    kept: Counter[str] = Counter()
+    for result in results:
+        base = _provenance(result, cycle, created_at)
+        for strategy in dict.fromkeys(cfg.strategies):
+            try:
+                chosen, rejected, margin, decided_by = builders[strategy](result, cfg)
+                _guard(chosen, rejected, margin, cfg)
+            except _Drop as drop:
+                dropped[drop.reason] += 1
+                continue
+            out.pairs.append(
+                _pair_row(result, strategy, chosen, rejected, margin, decided_by, base)
+            )
+            kept[strategy] += 1
+        if not result.final_response.strip():
+            dropped["empty_sft"] += 1
+        elif cfg.sft_requires_checks and not result.final_passes:
+            dropped["checks_failed_sft"] += 1
+        else:
+            out.sft.append(_sft_row(result, base))
+            kept["sft"] += 1
+    out.dropped, out.kept = dict(dropped), dict(kept)
+    return out
