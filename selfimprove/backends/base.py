@@ -42,5 +42,5 @@ class Backend(ABC):
         """The policy currently served, when the backend knows it."""
         return None
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources (threads, HTTP clients, servers)."""

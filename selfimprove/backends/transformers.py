@@ -21,6 +21,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from transformers import StoppingCriteria, StoppingCriteriaList
+
 from selfimprove.backends.base import Backend
 from selfimprove.errors import BackendError, PolicyError
 from selfimprove.types import Completion, Conversation, PolicyRef, SamplingParams
@@ -60,6 +62,17 @@ def _batch_seed(seeds: Sequence[int | None]) -> int:
 def _truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class _RowBudget(StoppingCriteria):
+    """Stopping criterion giving each row of a batch its own ``max_new_tokens``."""
+
+    def __init__(self, prompt_len: int, budgets) -> None:
+        self.prompt_len = prompt_len
+        self.budgets = budgets
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return (input_ids.shape[1] - self.prompt_len) >= self.budgets
 
 
 class TransformersBackend(Backend):
@@ -189,7 +202,9 @@ class TransformersBackend(Backend):
             if job.kind == "generate":
                 p = job.params
                 assert p is not None
-                key = ("generate", p.temperature, p.top_p, p.max_new_tokens, p.stop)
+                # Rows with different lengths or stops share a batch: a per-row budget stops
+                # each row, and stop strings are applied afterwards.
+                key = ("generate", p.temperature, p.top_p)
             else:
                 key = (job.kind, tuple(job.options))
             groups[key].append(job)
@@ -253,9 +268,13 @@ class TransformersBackend(Backend):
 
     def _generate_chunk(self, rows, torch) -> list[Completion]:
         params: SamplingParams = rows[0][1]
+        budgets = [p.max_new_tokens for _, p in rows]
         enc = self._encode(self._chat_texts([conv for conv, _ in rows]))
         sampling = params.temperature > 0
-        kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": sampling}
+        kwargs: dict[str, Any] = {"max_new_tokens": max(budgets), "do_sample": sampling}
+        if len(set(budgets)) > 1:
+            stop = _RowBudget(enc["input_ids"].shape[1], torch.tensor(budgets, device=self.device))
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
         if sampling:
             kwargs |= {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
             torch.manual_seed(_batch_seed([p.seed for _, p in rows]))
@@ -270,12 +289,13 @@ class TransformersBackend(Backend):
         new = generated[:, enc["input_ids"].shape[1] :]
         eos_ids = set(self._eos_ids())
         completions = []
-        for seq in new.tolist():
+        for seq, (_, p) in zip(new.tolist(), rows, strict=True):
+            seq = seq[: p.max_new_tokens]
             n = next((i + 1 for i, t in enumerate(seq) if t in eos_ids), None)
             finish = "stop" if n is not None else "length"
             n = n if n is not None else len(seq)
             text = self.tokenizer.decode(seq[:n], skip_special_tokens=True).strip()
-            text, stopped = _truncate_at_stop(text, params.stop)
+            text, stopped = _truncate_at_stop(text, p.stop)
             completions.append(
                 Completion(text=text, num_tokens=n, finish_reason="stop" if stopped else finish)
             )

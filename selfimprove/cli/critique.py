@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("critique", help="run generate → critique → refine → judge over prompts")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    src.add_argument("--prompts", type=Path, help="a .jsonl file ({'prompt': ...} per line) or .txt")
+    src.add_argument("--prompts", type=Path, help="a .jsonl file (one {\"prompt\": ...} a line)")
     p.add_argument("--config", type=Path, help="YAML with critique settings (CritiqueConfig)")
     p.add_argument("--constitution", help="constitution name or path (key: constitution)")
     p.add_argument("--model", help="policy model: HF id, local dir or smollm2-135m-instruct")
@@ -58,10 +58,32 @@ def run_critique(args: argparse.Namespace) -> int:
         prompts = prompts[: args.limit]
     results = asyncio.run(_run(cfg, prompts, as_json=args.json))
     if args.store:
-        from selfimprove.harvest_cli import harvest_into_store
-
         harvest_into_store(results, args.store, out=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def harvest_into_store(results: list[CritiqueResult], run_dir: Path, out) -> None:
+    """Harvest pairs and SFT rows into the run's store; held-out prompts are left out."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from selfimprove.harvest import HarvestConfig, harvest
+    from selfimprove.store import PreferenceStore
+
+    store = PreferenceStore(run_dir)
+    train = [r for r in results if not store.is_heldout(r.prompt)]
+    harvested = harvest(train, HarvestConfig(strategies=["revision", "best_of_n"]))
+    if held := len(results) - len(train):
+        harvested.dropped["heldout_prompt"] = held
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    shard_id = f"critique-{stamp}-{uuid.uuid4().hex[:6]}"
+    res = store.append(harvested.pairs, harvested.sft, shard_id, dropped=harvested.dropped)
+    drops = ", ".join(f"{k}: {v}" for k, v in sorted(harvested.dropped.items())) or "none"
+    print(
+        f"store {run_dir}: +{res.pairs_written} pairs, +{res.sft_written} SFT rows "
+        f"({res.duplicate_pairs + res.duplicate_sft} duplicates skipped; dropped: {drops})",
+        file=out,
+    )
 
 
 async def _run(cfg: CritiqueConfig, prompts, *, as_json: bool) -> list[CritiqueResult]:

@@ -9,8 +9,8 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from selfimprove.hashing import prompt_id
 from selfimprove.graph.state import CritiqueContext, CritiqueInput, CritiqueState
+from selfimprove.hashing import prompt_id
 from selfimprove.nodes.check import check
 from selfimprove.nodes.critique import critique
 from selfimprove.nodes.generate import generate

