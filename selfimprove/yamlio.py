@@ -13,6 +13,14 @@ from selfimprove.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping repeats a key; ``key`` is reported as the field."""
+
+    def __init__(self, *args: Any, key: Any) -> None:
+        super().__init__(*args)
+        self.key = key
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """Safe loader that rejects duplicate keys instead of silently keeping the last one."""
 
@@ -22,8 +30,10 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}'", key_node.start_mark
+            first = seen[key].start_mark.line + 1
+            raise _DuplicateKeyError(
+                None, None, f"duplicate key '{key}' (first on line {first})", key_node.start_mark,
+                key=key,
             )
         seen[key] = key_node
     return loader.construct_mapping(node, deep=deep)
@@ -49,7 +59,10 @@ def read_yaml(path: str | Path) -> tuple[Any, yaml.Node | None]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise ConfigError(path, f"invalid YAML: {exc.problem or exc.context}", line=line) from None
+        field = str(exc.key) if isinstance(exc, _DuplicateKeyError) else None
+        raise ConfigError(
+            path, f"invalid YAML: {exc.problem or exc.context}", line=line, field=field
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, f"invalid YAML: {exc}") from None
     return data, node
@@ -90,10 +103,25 @@ def validation_error(path: str | Path, node: yaml.Node | None, exc: ValidationEr
     err = exc.errors(include_url=False)[0]
     # Drop discriminator/union tags pydantic inserts into loc (e.g. 'max_words' for a tagged union).
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    loc = _real_path(node, loc)
+    if err["type"] == "missing" and loc:
+        # The last part names the absent key; keep it even though the YAML has no such node.
+        loc = (*_real_path(node, loc[:-1]), loc[-1])
+    else:
+        loc = _real_path(node, loc)
     msg = err["msg"]
+    ctx = err.get("ctx") or {}
     if err["type"] == "extra_forbidden":
         msg = "unknown key (not allowed here)"
+    elif err["type"] == "value_error" and "error" in ctx:
+        msg = str(ctx["error"])  # our validators' own words, without pydantic's "Value error, "
+    elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        # Point at the tag key itself (e.g. `kind`), which is what the user has to fix.
+        tag = str(ctx.get("discriminator", "")).strip("'\"")
+        loc = (*loc, tag)
+        if err["type"] == "union_tag_invalid":
+            msg = f"unknown value '{ctx.get('tag')}' (expected one of: {ctx.get('expected_tags')})"
+        else:
+            msg = "missing (it selects the type of this item)"
     extra = f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else ""
     return ConfigError(path, msg + extra, line=line_of(node, loc), field=format_loc(loc) or None)
 

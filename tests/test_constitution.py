@@ -1,0 +1,476 @@
+"""Constitutions: shipped files, `extends`, errors with file/line/field, schema, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from selfimprove.checks import passes, run_checks
+from selfimprove.cli.constitution import register
+from selfimprove.constitution import (
+    ENV_VAR,
+    Constitution,
+    constitution_json_schema,
+    constitution_to_yaml,
+    list_constitutions,
+    load_constitution,
+    search_dirs,
+)
+from selfimprove.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "constitutions"
+MALFORMED = Path(__file__).resolve().parent / "data" / "malformed"
+SHIPPED_NAMES = sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _no_extra_dirs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+JUDGE = "judge: {pairwise: Pick one., pointwise: [{points: 1, criterion: Good.}]}\n"
+
+
+# --- shipped constitutions ---------------------------------------------------------------
+
+
+def test_shipped_set() -> None:
+    assert {"hhh", "concise", "customer-support", "base"} <= set(SHIPPED_NAMES)
+    assert search_dirs()[-1] == SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED_NAMES)
+def test_shipped_constitution_loads(name: str) -> None:
+    c = load_constitution(name)
+    assert c.name == name
+    assert c.source == SHIPPED / f"{name}.yaml"
+    assert c.description
+    assert c.principles and c.judge.pairwise.strip() and c.judge.pointwise
+    assert len(c.content_hash) == 16
+    assert load_constitution(SHIPPED / f"{name}.yaml").content_hash == c.content_hash
+    # every shipped check runs on some text without raising
+    assert len(run_checks(c, "Paris is the capital of France.")) == len(c.checks)
+
+
+def test_shipped_contents() -> None:
+    hhh = load_constitution("hhh")
+    assert 6 <= len(hhh.principles) <= 8
+    assert all(not c.hard for c in hhh.checks)
+    concise = load_constitution("concise")
+    hard = {c.kind for c in concise.checks if c.hard}
+    assert {"max_words", "forbid_phrases", "forbid_regex"} <= hard
+    filler = "Great question! The capital of France is Paris. I hope this helps!"
+    assert not passes(run_checks(concise, filler))
+    assert passes(run_checks(concise, "Paris."))
+    support = load_constitution("customer-support")
+    good = (
+        "Hi Sam, I'm sorry your order arrived damaged. I can ask our billing team to review a "
+        "refund. Next: reply with a photo of the box and we will confirm within two days."
+    )
+    assert passes(run_checks(support, good))
+    promise = "Hello! We will refund you in full today."
+    failed = {r.check_id for r in run_checks(support, promise) if not r.passed}
+    assert failed == {"no_refund_promise"}
+    assert not passes(run_checks(support, "Send me your password and the order number."))
+
+
+def test_list_constitutions_shipped() -> None:
+    listed = {name: (path, desc) for name, path, desc in list_constitutions()}
+    assert set(listed) == set(SHIPPED_NAMES)
+    assert listed["hhh"] == (
+        SHIPPED / "hhh.yaml",
+        "Helpful, honest and harmless assistant behaviour (general purpose).",
+    )
+
+
+def test_unknown_name_lists_known() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_constitution("no-such-constitution")
+    assert "no constitution named 'no-such-constitution'" in str(info.value)
+    assert "concise" in str(info.value) and ENV_VAR in str(info.value)
+
+
+def test_env_dirs_searched_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    extra1, extra2 = tmp_path / "one", tmp_path / "two"
+    extra1.mkdir()
+    extra2.mkdir()
+    write(extra2 / "mine.yml", "name: mine\nversion: 2\ndescription: Mine.\nextends: base\n")
+    write(extra1 / "concise.yaml", "name: concise\nversion: local\nextends: hhh\n")
+    monkeypatch.setenv(ENV_VAR, f"{extra1}{os.pathsep}{extra2}")
+    assert search_dirs() == [extra1, extra2, SHIPPED]
+    mine = load_constitution("mine")
+    assert (mine.version, mine.source) == (2, extra2 / "mine.yml")
+    assert load_constitution("concise").version == "local"  # shadows the shipped one
+    listed = {name: path for name, path, _ in list_constitutions()}
+    assert listed["mine"] == extra2 / "mine.yml"
+    assert listed["concise"] == extra1 / "concise.yaml"
+
+
+# --- extends -------------------------------------------------------------------------------
+
+
+def test_extends_override_and_inherit(tmp_path: Path) -> None:
+    write(
+        tmp_path / "parent.yaml",
+        """
+        name: parent
+        version: 1
+        description: The parent.
+        principles:
+          - {id: a, critique: parent a, revision: parent a rev}
+          - {id: b, critique: parent b, revision: parent b rev, weight: 3}
+        checks:
+          - {id: short, kind: max_words, value: 100}
+          - {id: polite, kind: forbid_phrases, phrases: [shut up]}
+        judge: {pairwise: parent pairwise, pointwise: [{points: 2, criterion: parent}]}
+        """,
+    )
+    write(
+        tmp_path / "child.yaml",
+        """
+        name: child
+        version: 2
+        extends: parent
+        principles:
+          - {id: c, critique: child c, revision: child c rev}
+          - {id: a, critique: child a, revision: child a rev, weight: 0.5}
+        checks:
+          - {id: short, kind: max_words, value: 10, hard: false}
+        """,
+    )
+    child = load_constitution(tmp_path / "child.yaml")
+    assert (child.name, child.version, child.description) == ("child", 2, "The parent.")
+    assert [(p.id, p.critique, p.weight) for p in child.principles] == [
+        ("a", "child a", 0.5),  # overridden in place
+        ("b", "parent b", 3.0),  # inherited
+        ("c", "child c", 1.0),  # added
+    ]
+    assert [(c.id, c.kind, c.hard) for c in child.checks] == [
+        ("short", "max_words", False),
+        ("polite", "forbid_phrases", True),
+    ]
+    assert child.checks[0].value == 10
+    assert child.judge.pairwise == "parent pairwise"
+
+    # grandchild by relative path, with its own judge and description
+    (tmp_path / "sub").mkdir()
+    write(
+        tmp_path / "sub" / "grandchild.yaml",
+        """
+        name: grandchild
+        version: 3
+        description: Third generation.
+        extends: ../child.yaml
+        judge: {pairwise: own, pointwise: [{points: 1, criterion: own}]}
+        """,
+    )
+    grandchild = load_constitution(tmp_path / "sub" / "grandchild.yaml")
+    assert [p.id for p in grandchild.principles] == ["a", "b", "c"]
+    assert grandchild.judge.pairwise == "own"
+    assert grandchild.description == "Third generation."
+    assert grandchild.content_hash != child.content_hash
+
+
+def test_extends_shipped_by_name_from_elsewhere(tmp_path: Path) -> None:
+    write(tmp_path / "mine.yaml", "name: mine\nversion: 1\nextends: concise\n")
+    mine = load_constitution(tmp_path / "mine.yaml")
+    concise = load_constitution("concise")
+    assert mine.principles == concise.principles and mine.checks == concise.checks
+
+
+def test_extends_cycle_error(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "name: a\nversion: 1\nextends: b\n")
+    write(tmp_path / "b.yaml", "name: b\nversion: 1\nextends: c.yaml\n")
+    write(tmp_path / "c.yaml", "name: c\nversion: 1\n\nextends: a\n")
+    with pytest.raises(ConfigError) as info:
+        load_constitution(tmp_path / "a.yaml")
+    err = info.value
+    assert (Path(err.path).name, err.line, err.field) == ("c.yaml", 4, "extends")
+    assert err.detail == "extends cycle: a.yaml -> b.yaml -> c.yaml -> a.yaml"
+
+
+def test_error_in_parent_names_parent_file(tmp_path: Path) -> None:
+    write(tmp_path / "parent.yaml", "name: p\nversion: 1\nprinciples: []\n" + JUDGE)
+    write(tmp_path / "child.yaml", "name: c\nversion: 1\nextends: parent\n")
+    with pytest.raises(ConfigError) as info:
+        load_constitution(tmp_path / "child.yaml")
+    assert (Path(info.value.path).name, info.value.line, info.value.field) == (
+        "parent.yaml",
+        3,
+        "principles",
+    )
+
+
+# --- malformed files: exact errors ---------------------------------------------------------
+
+# file -> (file named in the error, line, field, fragment of the message)
+MALFORMED_CASES: dict[str, tuple[str | None, int, str | None, str]] = {
+    "unknown_top_key.yaml": (None, 4, "colour", "unknown key (not allowed here)"),
+    "unknown_principle_key.yaml": (None, 8, "principles[0].wieght", "unknown key"),
+    "missing_name.yaml": (None, 2, "name", "Field required"),
+    "missing_principles.yaml": (None, 2, "principles", "missing: at least one principle"),
+    "empty_principles.yaml": (None, 4, "principles", "at least one principle is required"),
+    "missing_critique.yaml": (None, 5, "principles[0].critique", "Field required"),
+    "negative_weight.yaml": (None, 11, "principles[1].weight", "greater than 0"),
+    "duplicate_principle_id.yaml": (
+        None, 11, "principles[2].id", "duplicate id 'honest' (first used on line 5)"
+    ),
+    "bad_principle_id.yaml": (None, 5, "principles[0].id", "should match pattern"),
+    "unknown_check_kind.yaml": (None, 8, "checks[0].kind", "unknown value 'max_tokens'"),
+    "check_missing_kind.yaml": (None, 7, "checks[0].kind", "missing (it selects the type"),
+    "max_words_not_int.yaml": (None, 9, "checks[0].value", "valid integer"),
+    "hard_not_bool.yaml": (None, 10, "checks[0].hard", "valid boolean"),
+    "bad_regex.yaml": (None, 12, "checks[1].pattern", "invalid regular expression: missing )"),
+    "duplicate_check_id.yaml": (
+        None, 10, "checks[1].id", "duplicate id 'length' (first used on line 7)"
+    ),
+    "phrases_wrong_type.yaml": (None, 9, "checks[0].phrases", "valid list"),
+    "checks_not_list.yaml": (None, 6, "checks", "valid list"),
+    "duplicate_yaml_key.yaml": (
+        None, 7, "description", "duplicate key 'description' (first on line 4)"
+    ),
+    "yaml_syntax_error.yaml": (None, 7, None, "invalid YAML"),
+    "python_tag.yaml": (None, 2, None, "could not determine a constructor"),
+    "top_level_list.yaml": (None, 1, None, "expected a mapping at the top level, got list"),
+    "empty_file.yaml": (None, 1, None, "expected a mapping at the top level, got empty"),
+    "version_float.yaml": (None, 3, "version", "must be an integer or a string, got float"),
+    "missing_judge.yaml": (None, 2, "judge", "missing: a judge rubric is required"),
+    "empty_pairwise.yaml": (None, 7, "judge.pairwise", "at least 1 character"),
+    "pointwise_points_zero.yaml": (None, 11, "judge.pointwise[1].points", "greater than 0"),
+    "extends_missing.yaml": (None, 4, "extends", "parent constitution 'no-such-parent' not found"),
+    "extends_self.yaml": (None, 4, "extends", "extends cycle: extends_self.yaml -> extends_self"),
+    "extends_cycle_a.yaml": (
+        "extends_cycle_b.yaml",
+        5,
+        "extends",
+        "extends cycle: extends_cycle_a.yaml -> extends_cycle_b.yaml -> extends_cycle_a.yaml",
+    ),
+    "extends_cycle_b.yaml": (
+        "extends_cycle_a.yaml",
+        4,
+        "extends",
+        "extends cycle: extends_cycle_b.yaml -> extends_cycle_a.yaml -> extends_cycle_b.yaml",
+    ),
+}
+
+
+def test_every_malformed_file_has_a_case() -> None:
+    assert sorted(p.name for p in MALFORMED.glob("*.yaml")) == sorted(MALFORMED_CASES)
+    assert len(MALFORMED_CASES) >= 15
+
+
+@pytest.mark.parametrize("filename", sorted(MALFORMED_CASES))
+def test_malformed_exact_error(filename: str) -> None:
+    error_file, line, field, fragment = MALFORMED_CASES[filename]
+    with pytest.raises(ConfigError) as info:
+        load_constitution(MALFORMED / filename)
+    err = info.value
+    assert Path(err.path).name == (error_file or filename)
+    assert (err.line, err.field) == (line, field)
+    assert fragment in err.detail
+    # the one-line message carries all of it
+    where = f"{Path(err.path).name}:{line}: " + (f"field '{field}': " if field else "")
+    assert where in str(err)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_constitution(MALFORMED / "does-not-exist.yaml")
+
+
+def test_constitution_is_never_code(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    bad = write(
+        tmp_path / "evil.yaml",
+        f"""
+        name: !!python/object/apply:os.system ["touch {marker}"]
+        version: 1
+        """,
+    )
+    with pytest.raises(ConfigError, match="could not determine a constructor"):
+        load_constitution(bad)
+    assert not marker.exists()
+
+
+def test_model_rejects_duplicate_ids_in_python() -> None:
+    with pytest.raises(ValueError, match="duplicate principle id 'p'"):
+        Constitution.model_validate(
+            {
+                "name": "t",
+                "version": 1,
+                "principles": [
+                    {"id": "p", "critique": "c", "revision": "r"},
+                    {"id": "p", "critique": "c2", "revision": "r2"},
+                ],
+                "judge": {"pairwise": "x", "pointwise": [{"points": 1, "criterion": "y"}]},
+            }
+        )
+
+
+# --- model behaviour -----------------------------------------------------------------------
+
+
+def test_content_hash_is_canonical(tmp_path: Path) -> None:
+    one = write(
+        tmp_path / "one.yaml",
+        """
+        name: t
+        version: 1
+        principles:
+          - {id: p, critique: c, revision: r}
+        """
+        + JUDGE,
+    )
+    # same content, different key order, explicit defaults and comments
+    two = write(
+        tmp_path / "two.yaml",
+        """
+        # a comment
+        judge:
+          pointwise: [{criterion: Good., points: 1}]
+          pairwise: Pick one.
+        principles:
+          - {revision: r, critique: c, id: p, weight: 1.0}
+        checks: []
+        version: 1
+        name: t
+        """,
+    )
+    three = write(tmp_path / "three.yaml", one.read_text().replace("revision: r", "revision: R"))
+    h1, h2, h3 = (load_constitution(p).content_hash for p in (one, two, three))
+    assert h1 == h2 != h3
+    assert all(len(h) == 16 and int(h, 16) >= 0 for h in (h1, h3))
+
+
+@pytest.mark.parametrize("name", SHIPPED_NAMES)
+def test_show_yaml_round_trips(name: str, tmp_path: Path) -> None:
+    c = load_constitution(name)
+    text = constitution_to_yaml(c)
+    assert "extends" not in text
+    copy = load_constitution(write(tmp_path / "copy.yaml", text))
+    assert copy.content_hash == c.content_hash
+    assert copy.model_dump() == c.model_dump()
+
+
+def _weighted(weights: list[float]) -> Constitution:
+    return Constitution.model_validate(
+        {
+            "name": "w",
+            "version": 1,
+            "principles": [
+                {"id": f"p{i}", "critique": "c", "revision": "r", "weight": w}
+                for i, w in enumerate(weights)
+            ],
+            "judge": {"pairwise": "x", "pointwise": [{"points": 1, "criterion": "y"}]},
+        }
+    )
+
+
+def test_sample_principles_weighted_without_replacement() -> None:
+    c = _weighted([8.0, 1.0, 1.0])
+    rng = random.Random(0)
+    firsts = Counter()
+    for _ in range(2000):
+        drawn = c.sample_principles(2, rng)
+        assert len(drawn) == 2 and drawn[0].id != drawn[1].id
+        firsts[drawn[0].id] += 1
+    # p0 is drawn first with probability 0.8; the others 0.1 each
+    assert 1500 < firsts["p0"] < 1700
+    assert 130 < firsts["p1"] < 270 and 130 < firsts["p2"] < 270
+    everything = c.sample_principles(10, random.Random(1))
+    assert sorted(p.id for p in everything) == ["p0", "p1", "p2"]
+    assert c.sample_principles(0, rng) == []
+    assert [p.id for p in c.sample_principles(3, random.Random(5))] == [
+        p.id for p in c.sample_principles(3, random.Random(5))
+    ]
+    with pytest.raises(ValueError):
+        c.sample_principles(-1, rng)
+
+
+# --- JSON schema ---------------------------------------------------------------------------
+
+
+def test_published_schema_is_current() -> None:
+    published = json.loads((SHIPPED / "schema.json").read_text(encoding="utf-8"))
+    assert published == constitution_json_schema(), (
+        "constitutions/schema.json is stale: "
+        "python -m selfimprove.constitution --schema > constitutions/schema.json"
+    )
+
+
+def test_schema_describes_the_vocabulary() -> None:
+    schema = constitution_json_schema()
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {"name", "version"}
+    kinds = {
+        d["properties"]["kind"]["const"]
+        for name, d in schema["$defs"].items()
+        if "kind" in d.get("properties", {})
+    }
+    assert kinds == {
+        "max_words", "min_words", "max_chars", "max_sentences",
+        "forbid_regex", "require_regex", "forbid_phrases",
+    }
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="selfimprove")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_validate(capsys: pytest.CaptureFixture[str]) -> None:
+    good = str(SHIPPED / "concise.yaml")
+    bad = str(MALFORMED / "negative_weight.yaml")
+    assert _cli(["constitution", "validate", good, "hhh"]) == 0
+    out, err = capsys.readouterr()
+    concise, hhh = load_constitution("concise"), load_constitution("hhh")
+    assert out.splitlines() == [
+        f"ok: {good} (concise v1, {len(concise.principles)} principles, "
+        f"{len(concise.checks)} checks)",
+        f"ok: hhh (hhh v1, {len(hhh.principles)} principles, {len(hhh.checks)} checks)",
+    ]
+    assert err == ""
+
+    # errors go to stderr, every file is still checked, exit code 1
+    assert _cli(["constitution", "validate", bad, good]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"ok: {good} ")
+    assert err.strip() == (
+        f"{bad}:11: field 'principles[1].weight': Input should be greater than 0"
+    )
+
+
+def test_cli_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli(["constitution", "list"]) == 0
+    out, _ = capsys.readouterr()
+    for name in SHIPPED_NAMES:
+        assert name in out
+    assert "customer-support" in out and "version" in out
+
+    assert _cli(["constitution", "show", "concise"]) == 0
+    out, _ = capsys.readouterr()
+    c = load_constitution("concise")
+    assert out.startswith(f"# concise v1 from {c.source}, resolved; content hash {c.content_hash}")
+    assert "max_80_words" in out and "extends" not in out.split("\n", 1)[1]
+
+    assert _cli(["constitution", "show", "no-such-thing"]) == 1
+    _, err = capsys.readouterr()
+    assert "no constitution named 'no-such-thing'" in err
