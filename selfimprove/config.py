@@ -7,7 +7,10 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from selfimprove.evaluate import GateConfig
+from selfimprove.harvest import HarvestConfig
 from selfimprove.models import DEFAULT_MODEL
+from selfimprove.training.config import TrainConfig
 from selfimprove.types import SamplingParams
 
 
@@ -78,3 +81,54 @@ def load_config(path: str | Path, model: type[C]) -> C:
     from selfimprove.yamlio import load_model
 
     return load_model(path, model)
+
+
+class PromptSource(Strict):
+    """Where a run's prompts come from: a JSONL/text file, or a `datasets` dataset."""
+
+    path: str | None = "examples/prompts/general.jsonl"
+    dataset: str | None = Field(default=None, description="local datasets dir or hub id")
+    split: str = "train"
+    field: str = "prompt"
+    self_generated: int = Field(
+        default=0, ge=0, description="new prompts the policy writes each cycle (deduplicated)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptSource:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("set exactly one of 'path' and 'dataset'")
+        return self
+
+
+class Schedule(Strict):
+    """When to train: every ``every_cycles`` cycles, or as soon as enough new pairs arrived."""
+
+    every_cycles: int = Field(default=1, ge=1)
+    min_new_pairs: int = Field(default=8, ge=1)
+    methods: list[Literal["dpo", "sft"]] = Field(default_factory=lambda: ["dpo"], min_length=1)
+
+
+
+
+class RunConfig(Strict):
+    """Everything ``selfimprove run`` does; every CLI flag maps onto one of these keys."""
+
+    seed: int = 0
+    cycles: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="training prompts per cycle")
+    heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
+    durable: bool = Field(default=True, description="checkpoint every step synchronously")
+    prompts: PromptSource = PromptSource()
+    critique: CritiqueConfig = CritiqueConfig()
+    harvest: HarvestConfig = HarvestConfig()
+    schedule: Schedule = Schedule()
+    dpo: TrainConfig = TrainConfig(method="dpo")
+    sft: TrainConfig = TrainConfig(method="sft")
+    gate: GateConfig = GateConfig()
+
+    @model_validator(mode="after")
+    def _methods_match(self) -> RunConfig:
+        if self.dpo.method != "dpo" or self.sft.method != "sft":
+            raise ValueError("dpo.method must be 'dpo' and sft.method must be 'sft'")
+        return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 from selfimprove.types import CheckResult
 
@@ -20,3 +21,22 @@ def failed_checks_text(checks: list[CheckResult]) -> str:
         return ""
     lines = "\n".join(f"- {c.check_id}: {c.detail}" for c in failed)
     return f"\nThe response fails these rules:\n{lines}\n"
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """Drop a trailing incomplete sentence (text cut by a token limit); keep at least one."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].rstrip() if ends else text
+
+
+def word_budget_tokens(constitution, default: int) -> int:
+    """A reviser token budget that fits the constitution's tightest ``max_words`` check.
+
+    About one token per word leaves room for the ~1.3 tokens/word of English text to land
+    under the limit once the cut-off sentence is trimmed.
+    """
+    limits = [c.value for c in constitution.checks if c.kind == "max_words" and c.hard]
+    return min([default, *limits]) if limits else default

@@ -5,7 +5,7 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 
 from selfimprove.graph.state import CritiqueContext, CritiqueState
-from selfimprove.nodes.common import failed_checks_text
+from selfimprove.nodes.common import failed_checks_text, trim_to_sentence, word_budget_tokens
 from selfimprove.prompts import user
 from selfimprove.types import RoundRecord
 
@@ -23,9 +23,13 @@ async def refine(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Cri
         failed_checks=failed_checks_text(state.get("checks", [])),
         requests=" ".join(by_id[i].revision for i in crit.principle_ids),
     )
-    ((out,),) = await ctx.roles.reviser.generate([conv], ctx.roles.reviser_sampling)
+    sampling = ctx.roles.reviser_sampling
+    budget = word_budget_tokens(ctx.constitution, sampling.max_new_tokens)
+    params = sampling.model_copy(update={"max_new_tokens": budget})
+    ((out,),) = await ctx.roles.reviser.generate([conv], params)
+    text = trim_to_sentence(out.text) if out.finish_reason == "length" else out.text
     # An empty revision would be worse than none: keep the current response then.
-    revision = out.text or state["response"]
+    revision = text or state["response"]
     record = RoundRecord(
         round=state.get("round", 0),
         response=state["response"],

@@ -1,0 +1,80 @@
+"""train: fit the next candidate (DPO and/or SFT, LoRA) on the store; never twice per cycle."""
+
+from __future__ import annotations
+
+import asyncio
+
+from langgraph.runtime import Runtime
+
+from selfimprove.graph.cycle_state import CycleContext, CycleState
+from selfimprove.nodes.cycle.common import timed
+from selfimprove.registry import DataUsed
+from selfimprove.types import PolicyRef
+
+
+def _existing(ctx: CycleContext, cycle: int, method: str) -> str | None:
+    """A version already committed for this cycle and method (by a run that then crashed)."""
+    for rec in ctx.registry.versions():
+        cfg = rec.train_config or {}
+        if cfg.get("cycle") == cycle and rec.method == method:
+            return rec.version
+    return None
+
+
+def _train_one(ctx: CycleContext, cycle: int, method: str, parent: PolicyRef) -> tuple[str, dict]:
+    store, registry = ctx.store, ctx.registry
+    dataset = store.pairs_dataset() if method == "dpo" else store.sft_dataset()
+    kind = "pairs" if method == "dpo" else "sft"
+    used = [DataUsed(name=s.name, rows=s.rows, kind=s.kind) for s in store.shards()
+            if s.kind == kind]
+    cfg = ctx.cfg.dpo if method == "dpo" else ctx.cfg.sft
+    staging = registry.staging_dir()
+    try:
+        result = ctx.trainer(method, parent.base_model, parent, dataset, cfg, staging)
+    except BaseException:
+        registry.discard(staging)
+        raise
+    ref = registry.commit(
+        staging,
+        parent=parent.version,
+        method=method,
+        data=used,
+        train_config=cfg.model_dump(mode="json") | {"cycle": cycle},
+        metrics=result.metrics,
+    )
+    return ref.version, dict(result.metrics)
+
+
+async def train(state: CycleState, runtime: Runtime[CycleContext]) -> CycleState:
+    ctx = runtime.context
+    c = state["cycle"] + 1
+    seconds = dict(state.get("stage_seconds", {}))
+    parent = ctx.registry.current()
+    metrics: dict = {}
+    with timed(seconds, "training"):
+        for method in ctx.cfg.schedule.methods:
+            rows = len(ctx.store.pairs_dataset() if method == "dpo" else ctx.store.sft_dataset())
+            if rows == 0:
+                ctx.progress("train", f"no {method.upper()} rows yet: skipped")
+                continue
+            version = _existing(ctx, c, method)
+            if version is None:
+                ctx.progress("train", f"{method.upper()} on {rows} rows from {parent.version}")
+                version, m = await asyncio.to_thread(_train_one, ctx, c, method, parent)
+            else:
+                m = dict(ctx.registry.record(version).metrics)
+                ctx.progress("train", f"{version} was already trained in this cycle: reused")
+            metrics |= {f"{method}/{k}": v for k, v in m.items()}
+            metrics[f"{method}/version"] = version
+            parent = ctx.registry.get(version)
+    if parent.version == ctx.registry.current_version():
+        return {"candidate": None, "stage_seconds": seconds, "decision": "skipped",
+                "reasons": ["no training data yet"]}
+    steps = metrics.get("dpo/steps", metrics.get("sft/steps"))
+    ctx.progress("train", f"candidate {parent.version} ({steps} training steps)")
+    return {"candidate": parent.version, "train_metrics": metrics, "stage_seconds": seconds,
+            "pairs_since_train": 0}
+
+
+def route_after_train(state: CycleState) -> str:
+    return "evaluate" if state.get("candidate") else "record"
