@@ -1,0 +1,50 @@
+"""``selfimprove report RUN_DIR``: regenerate a run's report.md and plots from its records."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["register", "run_report"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` command to the CLI."""
+    p = subparsers.add_parser(
+        "report", help="regenerate a run's report.md and plots from its cycle records"
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="where to write the report (default RUN_DIR/report.md; plots stay in RUN_DIR/plots)",
+    )
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    # Imported here: the report pulls in pydantic models of the gate, and plots need matplotlib.
+    from selfimprove.report import (
+        CYCLES_DIR,
+        ReportError,
+        load_baseline,
+        load_cycles,
+        load_summary,
+        write_report,
+    )
+
+    run_dir: Path = args.run_dir
+    cycles = load_cycles(run_dir)
+    if not cycles:
+        raise ReportError(
+            f"{run_dir}: no finished cycles to report on "
+            f"(expected {CYCLES_DIR}/cycle-0001.json, … written by `selfimprove run`)"
+        )
+    out = write_report(
+        run_dir,
+        cycles,
+        args.out,
+        baseline=load_baseline(run_dir),
+        summary=load_summary(run_dir),
+    )
+    print(f"wrote {out} ({len(cycles)} cycles)")
+    return 0
