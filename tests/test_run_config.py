@@ -1,0 +1,99 @@
+"""Bad run configs fail before any work starts, naming the file, the line and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from selfimprove.cli import main
+from selfimprove.config import RunConfig, load_config
+from selfimprove.errors import ConfigError
+
+GOOD = Path(__file__).resolve().parent.parent / "examples" / "configs" / "concise-cpu.yaml"
+
+# (yaml text, line, field, message fragment)
+CASES = {
+    "unknown_top_key": ("seed: 1\ncycels: 3\n", 2, "cycels", "unknown key"),
+    "cycles_zero": ("cycles: 0\n", 1, "cycles", "greater than or equal to 1"),
+    "cycles_not_int": ("cycles: three\n", 1, "cycles", "valid integer"),
+    "heldout_too_big": ("heldout_fraction: 1.5\n", 1, "heldout_fraction", "less than 1"),
+    "unknown_nested_key": (
+        "critique:\n  constitution: concise\n  max_round: 2\n", 3, "critique.max_round",
+        "unknown key",
+    ),
+    "bad_backend_kind": (
+        "critique:\n  roles:\n    policy:\n      backend:\n        kind: tpu\n",
+        5, "critique.roles.policy.backend.kind", "'transformers'",
+    ),
+    "openai_without_url": (
+        "critique:\n  roles:\n    judge:\n      backend:\n        kind: openai\n",
+        4, "critique.roles.judge.backend", "base_url",
+    ),
+    "negative_temperature": (
+        "critique:\n  roles:\n    critic:\n      sampling:\n        temperature: -1\n",
+        5, "critique.roles.critic.sampling.temperature", "greater than or equal to 0",
+    ),
+    "bad_schedule_method": (
+        "schedule:\n  methods: [dpo, ppo]\n", 2, "schedule.methods[1]", "'dpo' or 'sft'",
+    ),
+    "bad_trl_arg": (
+        "dpo:\n  method: dpo\n  trl_args:\n    not_a_trl_arg: 1\n", 3, "dpo.trl_args",
+        "not_a_trl_arg",
+    ),
+    "dpo_with_sft_method": ("dpo:\n  method: sft\n", 1, None, "dpo.method must be 'dpo'"),
+    "bad_strategy": (
+        "harvest:\n  strategies: [revision, rlhf]\n", 2, "harvest.strategies[1]", "revision",
+    ),
+    "gate_bad_num": ("gate:\n  num_prompts: 0\n", 2, "gate.num_prompts", "greater than"),
+    "two_prompt_sources": (
+        "prompts:\n  path: a.jsonl\n  dataset: my/data\n", 1, "prompts", "exactly one",
+    ),
+    "not_a_mapping": ("- 1\n- 2\n", 1, None, "expected a mapping"),
+    "yaml_syntax": ("cycles: [1, 2\n", 2, None, "invalid YAML"),
+    "duplicate_key": ("cycles: 1\ncycles: 2\n", 2, None, "duplicate key"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_config_errors_name_file_line_and_key(tmp_path, name):
+    text, line, field, fragment = CASES[name]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, RunConfig)
+    err = info.value
+    assert err.path == str(path)
+    assert err.line == line, str(err)
+    if field is not None:
+        assert err.field == field, str(err)
+    assert fragment in str(err)
+
+
+def test_shipped_example_config_is_valid():
+    cfg = load_config(GOOD, RunConfig)
+    assert cfg.critique.constitution == "concise" and cfg.cycles >= 3
+
+
+def test_cli_run_fails_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cycles: 2\nbatch_size: many\n")
+    run_dir = tmp_path / "run"
+    code = main(["run", "--config", str(bad), "--run-dir", str(run_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2" in err and "batch_size" in err
+    assert not run_dir.exists()  # nothing was started
+
+
+def test_cli_flags_override_config_keys(tmp_path):
+    import argparse
+
+    from selfimprove.cli.run import config_from_args
+
+    args = argparse.Namespace(config=GOOD, cycles=5, batch_size=4, seed=9, durable=False,
+                              constitution="hhh", model="some/model")
+    cfg = config_from_args(args)
+    assert (cfg.cycles, cfg.batch_size, cfg.seed, cfg.durable) == (5, 4, 9, False)
+    assert cfg.critique.constitution == "hhh"
+    assert cfg.critique.roles.policy.backend.model == "some/model"

@@ -1,0 +1,113 @@
+"""The local transformers backend on the embedded model: batching, seeds, log-probs, adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from selfimprove.types import Message, PolicyRef, SamplingParams
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = ["What is rain?", "Name a fruit.", "What is 2 + 2?", "Say hello.", "What is a cat?"]
+
+
+def conv(text: str) -> list[Message]:
+    return [Message(role="user", content=text)]
+
+
+async def test_concurrent_requests_are_batched_and_match_sequential(embedded_backend):
+    b = embedded_backend
+    params = SamplingParams(max_new_tokens=12)
+    calls_before = b.stats.generate_calls
+    together = await asyncio.gather(*(b.generate([conv(q)], params) for q in QUESTIONS))
+    batched_calls = b.stats.generate_calls - calls_before
+    assert batched_calls < len(QUESTIONS), "concurrent requests were not batched"
+    alone = [await b.generate([conv(q)], params) for q in QUESTIONS[:2]]
+    # greedy decoding: the same text whether batched (left-padded) or alone
+    assert [r[0][0].text for r in together[:2]] == [r[0][0].text for r in alone]
+    assert all(0 < r[0][0].num_tokens <= 12 for r in together)
+
+
+async def test_per_request_token_budgets_share_a_batch(embedded_backend):
+    b = embedded_backend
+    short, long = await asyncio.gather(
+        b.generate([conv("Describe the sea.")], SamplingParams(max_new_tokens=4)),
+        b.generate([conv("Describe the sea.")], SamplingParams(max_new_tokens=16)),
+    )
+    assert short[0][0].num_tokens == 4 and short[0][0].finish_reason == "length"
+    assert long[0][0].text.startswith(short[0][0].text)
+
+
+async def test_seeded_sampling_is_reproducible(embedded_backend):
+    b = embedded_backend
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, n=3, seed=11)
+    (first,) = await b.generate([conv("Tell me a story.")], params)
+    (again,) = await b.generate([conv("Tell me a story.")], params)
+    (other,) = await b.generate(
+        [conv("Tell me a story.")], params.model_copy(update={"seed": 12})
+    )
+    assert [c.text for c in first] == [c.text for c in again]
+    assert len({c.text for c in first}) > 1  # n samples differ from each other
+    assert [c.text for c in other] != [c.text for c in first]
+
+
+async def test_option_logprobs_are_sensible(embedded_backend):
+    b = embedded_backend
+    (lp,) = await b.option_logprobs(
+        [conv("Is the sky blue on a clear day? Answer Yes or No.")], ["Yes", "No"]
+    )
+    assert set(lp) == {"Yes", "No"}
+    assert all(v < 0 for v in lp.values())
+    assert math.exp(lp["Yes"]) + math.exp(lp["No"]) <= 1.0 + 1e-6
+    assert lp["Yes"] > lp["No"]
+
+
+async def test_adapter_switch_changes_outputs_without_reloading(embedded_backend, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from selfimprove.models import load_causal_lm, resolve_model
+
+    base = load_causal_lm(None)
+    peft_model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a visibly different policy
+    peft_model.save_pretrained(tmp_path / "adapter")
+    b = embedded_backend
+    base_model_obj = b.model.get_base_model() if hasattr(b.model, "get_base_model") else b.model
+    params = SamplingParams(max_new_tokens=10)
+    (before,) = await b.generate([conv("What is rain?")], params)
+    ref = PolicyRef(version="vtest", base_model=resolve_model(None),
+                    adapter_path=str(tmp_path / "adapter"))
+    await b.load_policy(ref)
+    (with_adapter,) = await b.generate([conv("What is rain?")], params)
+    await b.load_policy(PolicyRef(version="v0"))
+    (after,) = await b.generate([conv("What is rain?")], params)
+    assert with_adapter[0].text != before[0].text
+    assert after[0].text == before[0].text
+    # the base weights are the same object: no reload
+    current_base = b.model.get_base_model()
+    assert current_base is base_model_obj
+
+
+async def test_missing_adapter_keeps_serving_previous(embedded_backend, tmp_path):
+    from selfimprove.errors import PolicyError
+
+    b = embedded_backend
+    before = b.policy
+    with pytest.raises(PolicyError, match="still serving"):
+        await b.load_policy(PolicyRef(version="vbad", adapter_path=str(tmp_path / "nope")))
+    assert b.policy == before
+
+
+async def test_sequence_nll_prefers_fluent_text(embedded_backend):
+    fluent, scrambled = await embedded_backend.sequence_nll(
+        ["The cat sat on the mat.", "mat the on sat cat The."]
+    )
+    assert 0 < fluent < scrambled
