@@ -1,0 +1,7 @@
+"""``python -m selfimprove.training`` (also under ``accelerate launch -m``); see :mod:`.run`."""
+
+import sys
+
+from selfimprove.training.run import main
+
+sys.exit(main())

@@ -1,0 +1,198 @@
+"""Train a new policy version of a run: store data in, registry version out.
+
+In-process (CPU, one GPU)::
+
+    python -m selfimprove.training --run-dir runs/demo --method dpo [--config train.yaml]
+
+On several GPUs, the same module under ``accelerate launch`` (see ``examples/accelerate/``)::
+
+    accelerate launch --config_file examples/accelerate/ddp.yaml \\
+        -m selfimprove.training --run-dir runs/demo --method dpo --config train.yaml
+
+Every process trains; only the main process opens the registry, creates the staging
+directory (its path is broadcast to the others) and commits the version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from selfimprove.registry import DataUsed, PolicyRegistry
+from selfimprove.training.common import TrainResult
+from selfimprove.training.config import Method, TrainConfig, load_train_config
+from selfimprove.types import PolicyRef
+
+if TYPE_CHECKING:
+    import datasets
+
+__all__ = ["describe", "load_store_data", "main", "train", "train_policy"]
+
+
+def train(
+    method: Method,
+    base_model: str,
+    parent: PolicyRef,
+    dataset: datasets.Dataset,
+    cfg: TrainConfig,
+    output_dir: Path,
+    progress: bool = True,
+) -> TrainResult:
+    """Dispatch to :func:`train_dpo` or :func:`train_sft`."""
+    if method == "dpo":
+        from selfimprove.training.dpo import train_dpo
+
+        return train_dpo(base_model, parent, dataset, cfg, output_dir, progress)
+    from selfimprove.training.sft import train_sft
+
+    return train_sft(base_model, parent, dataset, cfg, output_dir, progress)
+
+
+def train_policy(
+    registry: PolicyRegistry,
+    dataset: datasets.Dataset,
+    cfg: TrainConfig,
+    *,
+    data: Iterable[DataUsed | Mapping[str, Any]] = (),
+    parent: str | None = None,
+    promote: bool = False,
+    progress: bool = True,
+) -> tuple[PolicyRef, TrainResult]:
+    """Train ``cfg.method`` from ``parent`` (default: current) and commit the next version.
+
+    A run that fails leaves no version behind (its staging directory is removed); the new
+    version is current only when ``promote`` is true.
+    """
+    parent_ref = registry.get(parent) if parent else registry.current()
+    staging = registry.staging_dir()
+    try:
+        result = train(
+            cfg.method, parent_ref.base_model, parent_ref, dataset, cfg, staging, progress
+        )
+    except BaseException:
+        registry.discard(staging)
+        raise
+    ref = registry.commit(
+        staging,
+        parent=parent_ref.version,
+        method=cfg.method,
+        data=data,
+        train_config=cfg.model_dump(mode="json"),
+        metrics=result.metrics,
+    )
+    if promote:
+        ref = registry.promote(ref.version)
+    return ref, result.model_copy(update={"adapter_dir": Path(ref.adapter_path or ref.base_model)})
+
+
+def load_store_data(run_dir: Path, method: Method) -> tuple[datasets.Dataset, list[DataUsed]]:
+    """The run's training rows for ``method`` and the shards they come from."""
+    from selfimprove.errors import StoreError
+    from selfimprove.store import PreferenceStore
+
+    store = PreferenceStore(run_dir, readonly=True)
+    kind = "pairs" if method == "dpo" else "sft"
+    dataset = store.pairs_dataset() if method == "dpo" else store.sft_dataset()
+    if len(dataset) == 0:
+        raise StoreError(f"{store.dir}: no {kind} rows to train {method.upper()} on")
+    used = [
+        DataUsed(name=s.name, rows=s.rows, kind=s.kind) for s in store.shards() if s.kind == kind
+    ]
+    return dataset, used
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m selfimprove.training",
+        description="Train the next policy version of a run from its preference store.",
+    )
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--method", choices=("dpo", "sft"), required=True)
+    parser.add_argument("--config", type=Path, help="YAML with TrainConfig fields")
+    parser.add_argument("--parent", help="version to start from (default: current)")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument(
+        "--promote",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="make the new version current (default: yes)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m selfimprove.training`` and ``accelerate launch -m``."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+
+    from selfimprove.errors import SelfImproveError
+
+    args = _parser().parse_args(argv)
+    # Initialised here (the trainer reuses it): the staging path must be shared before training.
+    # ``accelerate launch --cpu`` (or ACCELERATE_USE_CPU=1 under torchrun) selects gloo on CPUs.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    registry: PolicyRegistry | None = None
+    try:  # the same on every process: config and data errors end all of them
+        cfg = load_train_config(
+            args.config,
+            args.method,
+            {"max_steps": args.max_steps, "learning_rate": args.learning_rate},
+        )
+        dataset, used = load_store_data(args.run_dir, args.method)
+    except SelfImproveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    shared: list[Any] = [None, None, None]  # staging dir, parent, error
+    if state.is_main_process:
+        try:
+            registry = PolicyRegistry(args.run_dir)
+            parent = registry.get(args.parent) if args.parent else registry.current()
+            shared = [str(registry.staging_dir()), parent.model_dump(), None]
+        except SelfImproveError as exc:
+            shared = [None, None, str(exc)]
+    if state.num_processes > 1:
+        broadcast_object_list(shared, from_process=0)  # the others wait here for the main one
+    if shared[2] is not None:
+        if state.is_main_process:
+            print(f"error: {shared[2]}", file=sys.stderr)
+        return 2
+    staging, parent = Path(shared[0]), PolicyRef.model_validate(shared[1])
+    try:
+        result = train(
+            args.method,
+            parent.base_model,
+            parent,
+            dataset,
+            cfg,
+            staging,
+            progress=not args.no_progress,
+        )
+    except BaseException:
+        if registry is not None:
+            registry.discard(staging)
+        raise
+    if registry is not None:
+        ref = registry.commit(
+            staging,
+            parent=parent.version,
+            method=args.method,
+            data=used,
+            train_config=cfg.model_dump(mode="json"),
+            metrics=result.metrics,
+        )
+        if args.promote:
+            registry.promote(ref.version)
+        print(describe(ref.version, args.promote, args.method, parent.version, result))
+    return 0
+
+
+def describe(version: str, promoted: bool, method: str, parent: str, result: TrainResult) -> str:
+    """One line saying what was trained: the version, its parent and the key metrics."""
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+    status = "current" if promoted else "candidate"
+    return f"{version} ({status}): {method} from {parent}; {metrics}"
