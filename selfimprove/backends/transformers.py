@@ -51,7 +51,8 @@ class BatchStats:
     generated_tokens: int = 0
     forward_calls: int = 0
     max_rows_in_call: int = 0
-    seconds_in_model: float = 0.0
+    seconds_generate: float = 0.0  # in batched generate
+    seconds_forward: float = 0.0  # in scoring passes (judge log-probs, NLL)
 
 
 def _batch_seed(seeds: Sequence[int | None]) -> int:
@@ -285,7 +286,7 @@ class TransformersBackend(Backend):
             generated = self.model.generate(
                 **enc, **kwargs, pad_token_id=self.tokenizer.pad_token_id
             )
-        self.stats.seconds_in_model += time.perf_counter() - t0
+        self.stats.seconds_generate += time.perf_counter() - t0
         new = generated[:, enc["input_ids"].shape[1] :]
         eos_ids = set(self._eos_ids())
         completions = []
@@ -333,7 +334,7 @@ class TransformersBackend(Backend):
             t0 = time.perf_counter()
             with self._adapter_context():
                 logits = self.model(**enc).logits[:, -1, :].float()
-            self.stats.seconds_in_model += time.perf_counter() - t0
+            self.stats.seconds_forward += time.perf_counter() - t0
             self.stats.forward_calls += 1
             logp = torch.log_softmax(logits, dim=-1)[:, ids]
             out += [dict(zip(options, row, strict=True)) for row in logp.tolist()]
@@ -349,8 +350,10 @@ class TransformersBackend(Backend):
         try:
             for start in range(0, len(texts), self.max_batch_size):
                 enc = self._encode(texts[start : start + self.max_batch_size], max_length)
+                t0 = time.perf_counter()
                 with self._adapter_context():
                     logits = self.model(**enc).logits[:, :-1, :].float()
+                self.stats.seconds_forward += time.perf_counter() - t0
                 target = enc["input_ids"][:, 1:]
                 mask = enc["attention_mask"][:, 1:].float()
                 nll = torch.nn.functional.cross_entropy(

@@ -15,6 +15,8 @@ async def critique_batch(state: CycleState, runtime: Runtime[CycleContext]) -> C
     ctx = runtime.context
     seconds = dict(state.get("stage_seconds", {}))
     current = ctx.registry.current()
+    stats = getattr(ctx.critique.roles.judge, "stats", None)
+    judged_before = stats.seconds_forward if stats else 0.0
     with timed(seconds, "generation"):
         await ctx.critique.roles.policy.load_policy(current)
         cctx = dataclasses.replace(
@@ -27,4 +29,7 @@ async def critique_batch(state: CycleState, runtime: Runtime[CycleContext]) -> C
             results[i] = result.model_dump(mode="json")
             done += 1
             ctx.progress("critique", f"prompts done {done}/{len(batch)}")
+    if stats is not None:  # judging runs inside the critique graph: split its time out
+        seconds["judging"] = stats.seconds_forward - judged_before
+        seconds["generation"] -= seconds["judging"]
     return {"results": [r for r in results if r is not None], "stage_seconds": seconds}
