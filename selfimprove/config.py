@@ -68,6 +68,9 @@ class CritiqueConfig(Strict):
     principles_per_round: int = Field(default=1, ge=1)
     num_samples: int = Field(default=0, ge=0, description="extra samples for best-of-N pairs")
     judge_logprobs: bool = True
+    judge_when_checks_decide: bool = Field(
+        default=False, description="also ask the judge when the hard checks decide a pair"
+    )
     seed: int = 0
     max_concurrency: int = Field(default=64, ge=1)
     roles: RolesConfig = RolesConfig()

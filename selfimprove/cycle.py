@@ -123,6 +123,7 @@ def build_context(
         principles_per_round=cfg.critique.principles_per_round,
         num_samples=cfg.critique.num_samples,
         judge_logprobs=cfg.critique.judge_logprobs,
+        judge_when_checks_decide=cfg.critique.judge_when_checks_decide,
         seed=cfg.seed,
     )
     return CycleContext(

@@ -20,6 +20,7 @@ def make_context(cfg: CritiqueConfig, policy: PolicyRef | None = None) -> Critiq
         principles_per_round=cfg.principles_per_round,
         num_samples=cfg.num_samples,
         judge_logprobs=cfg.judge_logprobs,
+        judge_when_checks_decide=cfg.judge_when_checks_decide,
         seed=cfg.seed,
         policy_version=policy.version if policy else "v0",
     )

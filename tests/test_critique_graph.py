@@ -136,8 +136,16 @@ async def test_checks_dominate_the_judge(constitution):
     _, state = await run_steps(make_ctx(constitution, backend))
     v = state["verdict"]
     assert v.winner == "b" and v.decided_by == "checks"
-    assert v.p_b < 0.5  # the soft label still records what the judge thought
     assert not v.a_passes_checks and v.b_passes_checks
+    # the judge is not asked when its answer would be ignored
+    assert v.p_b is None and not any(kind == "logprobs" for kind, _ in backend.calls)
+
+    # asked anyway, the soft label records what the judge thought; the checks still win
+    backend = ScriptedBackend(responder(SHORT), prefer(LONG))
+    _, state = await run_steps(make_ctx(constitution, backend, judge_when_checks_decide=True))
+    v = state["verdict"]
+    assert v.winner == "b" and v.decided_by == "checks"
+    assert v.p_b < 0.5
 
 
 async def test_judge_abstains_after_unparseable_verdicts(constitution):

@@ -333,7 +333,9 @@ class TransformersBackend(Backend):
             enc = self._encode(self._chat_texts(convs[start : start + self.max_batch_size]))
             t0 = time.perf_counter()
             with self._adapter_context():
-                logits = self.model(**enc).logits[:, -1, :].float()
+                # Only the last position's logits: the full (batch × length × vocab) tensor
+                # would cost more than the forward pass itself.
+                logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
             self.stats.seconds_forward += time.perf_counter() - t0
             self.stats.forward_calls += 1
             logp = torch.log_softmax(logits, dim=-1)[:, ids]

@@ -71,5 +71,6 @@ class CritiqueContext:
     principles_per_round: int = 1
     num_samples: int = 0  # extra sampled responses scored pointwise (best-of-N harvesting)
     judge_logprobs: bool = True
+    judge_when_checks_decide: bool = False  # ask the judge even when the checks decide
     seed: int = 0
     policy_version: str = "v0"

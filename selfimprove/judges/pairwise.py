@@ -111,3 +111,11 @@ def combine(ab: OrderJudgment, ba: OrderJudgment, *, a_passes: bool, b_passes: b
     if b_wins_ab != b_wins_ba:
         return Verdict(winner="tie", p_b=p_b, decided_by="flip", **common)
     return Verdict(winner="b" if b_wins_ab else "a", p_b=p_b, decided_by="judge", **common)
+
+
+def checks_verdict(*, a_passes: bool, b_passes: bool) -> Verdict:
+    """The verdict when exactly one response passes the hard checks; no judge is consulted."""
+    if a_passes == b_passes:
+        raise ValueError("the checks decide only when exactly one response passes")
+    return Verdict(winner="a" if a_passes else "b", decided_by="checks",
+                   a_passes_checks=a_passes, b_passes_checks=b_passes)
