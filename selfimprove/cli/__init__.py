@@ -55,8 +55,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _quiet_libraries() -> None:
     """Hide load-progress bars and advisory warnings of the ML libraries on the CLI."""
+    import warnings
+
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
     try:
         from transformers.utils import logging as hf_logging
 

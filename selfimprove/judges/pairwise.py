@@ -21,6 +21,8 @@ DEFAULT_RUBRIC = "Compare two responses to the same question."
 class PairwiseJudge:
     """Judge response ``a`` against ``b`` in both orders; a verdict that flips is a tie.
 
+    When exactly one response passes the hard checks, the checks decide without asking the
+    judge, unless ``judge_when_checks_decide`` (then the soft label is recorded as well).
     With a backend that gives log-probabilities the soft label is P(option token); otherwise
     the judge writes a verdict that is parsed, retried up to ``max_attempts`` times, and on
     failure the judgment is an explicit abstain, never a silent default.
@@ -34,8 +36,10 @@ class PairwiseJudge:
         use_logprobs: bool = True,
         max_attempts: int = 3,
         sampling: SamplingParams | None = None,
+        judge_when_checks_decide: bool = False,
     ) -> None:
         self.backend = backend
+        self.judge_when_checks_decide = judge_when_checks_decide
         self.rubric = rubric
         self.use_logprobs = use_logprobs
         self.max_attempts = max_attempts
@@ -51,6 +55,10 @@ class PairwiseJudge:
         b_passes: bool = True,
         labels: tuple[str, str] = ("a", "b"),
     ) -> Verdict:
+        if a_passes != b_passes and not self.judge_when_checks_decide:
+            # The checks decide; the judge's answer would be ignored, so it is not asked
+            # (scoring two orders is the most expensive call of the loop).
+            return checks_verdict(a_passes=a_passes, b_passes=b_passes)
         ab, ba = await asyncio.gather(
             self._judge_order(prompt, a, b, labels[0]), self._judge_order(prompt, b, a, labels[1])
         )

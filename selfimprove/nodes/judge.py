@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 
 from selfimprove.checks import passes, run_checks
 from selfimprove.graph.state import CritiqueContext, CritiqueState
-from selfimprove.judges import PairwiseJudge, PointwiseJudge, RubricItem, checks_verdict
+from selfimprove.judges import PairwiseJudge, PointwiseJudge, RubricItem
 
 
 async def judge(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> CritiqueState:
@@ -16,18 +16,14 @@ async def judge(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Crit
     cons = ctx.constitution
     update: CritiqueState = {"verdict": None}
     tasks = []
-    checks_decide = False
     if state.get("rounds"):
         first_ok = passes(run_checks(cons, state["first_response"]))
         final_ok = passes(state.get("checks", []))
-        # When the hard checks already decide, the judge's answer would be ignored: skip it
-        # (it is the most expensive call of the loop) unless asked for the soft label anyway.
-        checks_decide = first_ok != final_ok and not ctx.judge_when_checks_decide
-    if checks_decide:
-        update["verdict"] = checks_verdict(a_passes=first_ok, b_passes=final_ok)
-    elif state.get("rounds"):
         pairwise = PairwiseJudge(
-            ctx.roles.judge, cons.judge.pairwise, use_logprobs=ctx.judge_logprobs
+            ctx.roles.judge,
+            cons.judge.pairwise,
+            use_logprobs=ctx.judge_logprobs,
+            judge_when_checks_decide=ctx.judge_when_checks_decide,
         )
         tasks.append(
             pairwise.compare(
@@ -41,7 +37,7 @@ async def judge(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Crit
         pointwise = PointwiseJudge(ctx.roles.judge, rubric, use_logprobs=ctx.judge_logprobs)
         tasks += [pointwise.score(state["prompt"], s) for s in samples]
     results = await asyncio.gather(*tasks)
-    if state.get("rounds") and not checks_decide:
+    if state.get("rounds"):
         update["verdict"], results = results[0], results[1:]
     if samples:
         update["sample_scores"] = list(results) if results else [None] * len(samples)

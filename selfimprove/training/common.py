@@ -156,6 +156,11 @@ def run_trainer(
         callback = TensorBoardCallback()
         callback.logging_dir = str(output_dir / TB_DIR)
         trainer.add_callback(callback)
+    if trainer.args.disable_tqdm:
+        # Without progress bars transformers prints every log dict instead; keep quiet too.
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
 
     trainer.train()
     target = output_dir / (ADAPTER_DIR if cfg.lora is not None else MODEL_DIR)
