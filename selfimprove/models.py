@@ -105,6 +105,15 @@ def resolve_model(name: str | None) -> str:
     return name  # a hub id; from_pretrained reports if the hub cannot provide it
 
 
+def _not_found(name: str | None, exc: OSError) -> ModelNotFoundError:
+    """Say everything that was tried for a model argument that no source could provide."""
+    return ModelNotFoundError(
+        f"model '{name}': not the embedded default '{EMBEDDED_NAME}', not a local directory, "
+        f"and the Hugging Face hub could not provide it ({exc.__class__.__name__}: "
+        f"{str(exc).splitlines()[0]})"
+    )
+
+
 def load_tokenizer(name: str | None):
     from transformers import AutoTokenizer
 
@@ -112,11 +121,7 @@ def load_tokenizer(name: str | None):
     try:
         tok = AutoTokenizer.from_pretrained(resolved)
     except OSError as exc:
-        raise ModelNotFoundError(
-            f"model '{name}': not the embedded default '{EMBEDDED_NAME}', not a local directory, "
-            f"and the Hugging Face hub could not provide it ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0]})"
-        ) from None
+        raise _not_found(name, exc) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -134,11 +139,7 @@ def load_causal_lm(name: str | None, dtype: str = "auto", device: str | None = N
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype)
     except OSError as exc:
-        raise ModelNotFoundError(
-            f"model '{name}': not the embedded default '{EMBEDDED_NAME}', not a local directory, "
-            f"and the Hugging Face hub could not provide it ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0]})"
-        ) from None
+        raise _not_found(name, exc) from None
     if device:
         model.to(device)
     model.eval()
