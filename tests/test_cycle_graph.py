@@ -85,3 +85,31 @@ def test_existing_run_dir_needs_resume(tmp_path):
     # resuming a finished run does nothing more
     state = run(None, run_dir, resume=True, roles=make_roles(), trainer=fake_trainer)
     assert len(state["records"]) == 3
+
+
+def test_self_generated_prompts_are_deduplicated(tmp_path):
+    import asyncio
+
+    from selfimprove.backends.scripted import ScriptedBackend
+    from selfimprove.cycle import build_context
+    from selfimprove.graph.state import Roles
+    from selfimprove.nodes.cycle.sample import _normalized, self_generated
+    from tests.scripted_cycle import PROMPTS
+
+    questions = iter(["How do magnets work?", "how do magnets work", "Not a question.",
+                      PROMPTS[0], "Why do cats sleep so much?", "How do magnets WORK?"])
+
+    def respond(conv, params):
+        return next(questions)
+
+    cfg = load_cfg(write_inputs(tmp_path))
+    cfg = cfg.model_copy(update={"prompts": cfg.prompts.model_copy(update={"self_generated": 6})})
+    ctx = build_context(cfg, tmp_path / "run", roles=Roles(policy=ScriptedBackend(respond)),
+                        trainer=fake_trainer)
+    known = {_normalized(p) for _, p in ctx.train_prompts + ctx.heldout_prompts}
+    new = asyncio.run(self_generated(ctx, 0, known))
+    texts = [t for _, t in new]
+    expected = [q for q in ["How do magnets work?", "Why do cats sleep so much?"]
+                if not ctx.store.is_heldout(q)]
+    assert texts == expected
+    assert all(pid.startswith("self-") for pid, _ in new)

@@ -1,12 +1,17 @@
-"""sample: pick this cycle's prompts from the training split (seeded, no held-out prompt)."""
+"""sample: pick this cycle's prompts from the training split (seeded, no held-out prompt),
+optionally adding new prompts written by the policy itself (deduplicated)."""
 
 from __future__ import annotations
 
 import random
+import re
 
 from langgraph.runtime import Runtime
 
 from selfimprove.graph.cycle_state import CycleContext, CycleState
+from selfimprove.hashing import prompt_id
+from selfimprove.prompts import user
+from selfimprove.types import SamplingParams
 
 
 def cycle_batch(prompts: list[tuple[str, str]], size: int, cycle: int, seed: int):
@@ -17,11 +22,41 @@ def cycle_batch(prompts: list[tuple[str, str]], size: int, cycle: int, seed: int
     return [order[(start + i) % len(order)] for i in range(min(size, len(order)))]
 
 
+def _normalized(text: str) -> str:
+    return re.sub(r"\W+", " ", text).strip().lower()
+
+
+async def self_generated(ctx: CycleContext, cycle: int, known: set[str]) -> list[tuple[str, str]]:
+    """New prompts from the policy: seeded samples, one question each, deduplicated against
+    every known prompt (held-out ones included) and each other; held-out hashes are dropped."""
+    n = ctx.cfg.prompts.self_generated
+    params = SamplingParams(max_new_tokens=48, temperature=1.0, top_p=0.95, n=n,
+                            seed=ctx.cfg.seed * 1000 + cycle)
+    (samples,) = await ctx.critique.roles.policy.generate([user("self_prompt")], params)
+    out: list[tuple[str, str]] = []
+    for sample in samples:
+        text = sample.text.strip().strip('"').splitlines()[0].strip() if sample.text else ""
+        key = _normalized(text)
+        if len(key) < 10 or not text.endswith("?") or key in known:
+            continue
+        if ctx.store.is_heldout(text):  # the store would refuse it for training
+            continue
+        known.add(key)
+        out.append((f"self-{prompt_id(text)}", text))
+    return out
+
+
 async def sample(state: CycleState, runtime: Runtime[CycleContext]) -> CycleState:
     ctx = runtime.context
     c = state.get("cycle", 0)
     batch = cycle_batch(ctx.train_prompts, ctx.cfg.batch_size, c, ctx.cfg.seed)
-    ctx.progress("sample", f"cycle {c + 1}/{ctx.cfg.cycles}: {len(batch)} prompts")
+    note = ""
+    if ctx.cfg.prompts.self_generated:
+        known = {_normalized(p) for _, p in ctx.train_prompts + ctx.heldout_prompts}
+        extra = await self_generated(ctx, c, known)
+        batch += extra
+        note = f" (+{len(extra)} written by the policy)"
+    ctx.progress("sample", f"cycle {c + 1}/{ctx.cfg.cycles}: {len(batch)} prompts{note}")
     return {
         "batch": [list(p) for p in batch],
         "stage_seconds": {},
