@@ -56,13 +56,16 @@ async def test_seeded_sampling_is_reproducible(embedded_backend):
 
 async def test_option_logprobs_are_sensible(embedded_backend):
     b = embedded_backend
-    (lp,) = await b.option_logprobs(
-        [conv("Is the sky blue on a clear day? Answer Yes or No.")], ["Yes", "No"]
+    yes, no = await b.option_logprobs(
+        [conv("Reply with the single word Yes."), conv("Reply with the single word No.")],
+        ["Yes", "No"],
     )
-    assert set(lp) == {"Yes", "No"}
-    assert all(v < 0 for v in lp.values())
-    assert math.exp(lp["Yes"]) + math.exp(lp["No"]) <= 1.0 + 1e-6
-    assert lp["Yes"] > lp["No"]
+    for lp in (yes, no):
+        assert set(lp) == {"Yes", "No"}
+        assert all(v < 0 for v in lp.values())
+        assert math.exp(lp["Yes"]) + math.exp(lp["No"]) <= 1.0 + 1e-6
+    # the option the prompt asks for is the more likely one, either way round
+    assert yes["Yes"] > yes["No"] and no["No"] > no["Yes"]
 
 
 async def test_adapter_switch_changes_outputs_without_reloading(embedded_backend, tmp_path):
@@ -91,6 +94,16 @@ async def test_adapter_switch_changes_outputs_without_reloading(embedded_backend
     (after,) = await b.generate([conv("What is rain?")], params)
     assert with_adapter[0].text != before[0].text
     assert after[0].text == before[0].text
+    # the backend serves the adapter merged; it must answer as the unmerged PEFT model does
+    tok = b.tokenizer
+    enc = tok(tok.apply_chat_template([{"role": "user", "content": "What is rain?"}],
+                                      add_generation_prompt=True, tokenize=False),
+              return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = peft_model.eval().generate(**enc, max_new_tokens=10, do_sample=False,
+                                         pad_token_id=tok.pad_token_id)
+    expected = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert with_adapter[0].text == expected
     # the base weights are the same object: no reload
     current_base = b.model.get_base_model()
     assert current_base is base_model_obj
