@@ -58,7 +58,6 @@ def start_run_dir(run_dir: Path, cfg: RunConfig) -> None:
         "cycles": cfg.cycles,
         "prompts per cycle": cfg.batch_size,
         "training": "+".join(cfg.schedule.methods),
-        "held-out prompts per evaluation": cfg.gate.num_prompts,
         "seed": cfg.seed,
     }
     write_json(run_dir / "summary.json", summary)
