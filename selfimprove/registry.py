@@ -30,6 +30,7 @@ from typing import Any, Literal
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from selfimprove.atomic import fsync_dir, write_json
 from selfimprove.errors import PolicyError
 from selfimprove.models import DEFAULT_MODEL
 from selfimprove.types import PolicyRef
@@ -91,30 +92,6 @@ def _number(version: str) -> int:
     return int(match.group(1))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Replace ``path`` atomically: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 class PolicyRegistry:
     """The policy versions of the run in ``run_dir``.
 
@@ -142,7 +119,7 @@ class PolicyRegistry:
                 version="v0", base_model=base_model or DEFAULT_MODEL, status="base"
             )
             path.parent.mkdir(exist_ok=True)
-            _write_json(path, record.model_dump(mode="json"))
+            write_json(path, record.model_dump(mode="json"))
         recorded = self._read_record("v0").base_model
         if base_model is not None and base_model != recorded:
             raise PolicyError(
@@ -380,14 +357,14 @@ class PolicyRegistry:
                 status="candidate",
             )
             self._check_files(f"{version} (staged in {staging.name})", staging, record)
-            _write_json(staging / "policy.json", record.model_dump(mode="json"))
+            write_json(staging / "policy.json", record.model_dump(mode="json"))
             # the number is spent before the rename, so a crash in between cannot reuse it
-            _write_json(self.dir / ".counter", {"last": number})
+            write_json(self.dir / ".counter", {"last": number})
             target = self.dir / version
             if target.exists():  # a directory nobody counted (copied in by hand): never overwrite
                 raise PolicyError(f"{target} already exists; refusing to overwrite it")
             os.rename(staging, target)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         self._release_staging(staging)
         return self._ref(record)
 
@@ -402,7 +379,7 @@ class PolicyRegistry:
 
     def _update(self, version: str, **changes: Any) -> PolicyRecord:
         record = self._read_record(version).model_copy(update=changes)
-        _write_json(self._record_path(version), record.model_dump(mode="json"))
+        write_json(self._record_path(version), record.model_dump(mode="json"))
         return record
 
     def promote(self, version: str) -> PolicyRef:
@@ -415,7 +392,7 @@ class PolicyRegistry:
                 )
             if record.status == "candidate":
                 record = self._update(version, status="promoted", promoted_at=_now())
-            _write_json(self.dir / "current.json", {"version": version, "updated_at": _now()})
+            write_json(self.dir / "current.json", {"version": version, "updated_at": _now()})
         return self._ref(record)
 
     def mark_rejected(self, version: str, reason: str) -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from selfimprove.atomic import atomic_write, write_text
 from selfimprove.errors import SelfImproveError
 from selfimprove.evaluate import EvalResult, PolicyEval
 
@@ -52,7 +52,6 @@ _PLOTS = {
 }
 _EXAMPLE_PROMPTS = 2
 # mkstemp creates owner-only files; a report is meant to be read by others.
-_FILE_MODE = 0o644
 
 
 class ReportError(SelfImproveError):
@@ -212,16 +211,7 @@ def _figure():
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", metadata={"Software": None})
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", metadata={"Software": None}))
 
 
 def _plot_violations(cycles, baseline, path: Path) -> bool:
@@ -472,21 +462,6 @@ def _markdown(run_dir: Path, cycles, baseline, summary: Mapping[str, Any], plots
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     run_dir: Path,
     cycles: Sequence[CycleRecord | Mapping[str, Any]],
@@ -513,5 +488,5 @@ def write_report(
     plots = _write_plots(records, baseline, plots_dir)
     rel = Path(os.path.relpath(plots_dir, out.parent)).as_posix()
     text = _markdown(run_dir, records, baseline, summary or {}, plots, rel)
-    _write_text(out, text)
+    write_text(out, text)
     return out

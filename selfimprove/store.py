@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import secrets
 import uuid
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from selfimprove.atomic import atomic_write
 from selfimprove.errors import StoreError
 
 if TYPE_CHECKING:
@@ -145,27 +145,9 @@ class AppendResult(BaseModel):
         return set(self.skipped) == {"pairs", "sft"}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, write: Callable[[Any], None], suffix: str) -> None:
-    """Write ``path`` through a temp file in its directory: fsync, rename, fsync the directory."""
-    tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}{suffix}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Atomic write whose temp file carries the prefix readers and clean-up know to skip."""
+    atomic_write(path, write, tmp_name=f"{TMP_PREFIX}{uuid.uuid4().hex}{suffix}")
 
 
 def _prompt_text(messages: Sequence[Mapping[str, Any]]) -> str:
