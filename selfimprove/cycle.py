@@ -79,12 +79,6 @@ def load_run_prompts(cfg: RunConfig) -> list[tuple[str, str]]:
     return load_dataset_prompts(cfg.prompts.dataset, cfg.prompts.split, cfg.prompts.field)
 
 
-def default_trainer(method, base_model, parent, dataset, cfg, output_dir):
-    from selfimprove.training.run import train
-
-    return train(method, base_model, parent, dataset, cfg, output_dir, progress=False)
-
-
 def build_context(
     cfg: RunConfig,
     run_dir: Path,
@@ -133,7 +127,7 @@ def build_context(
         critique=cctx,
         train_prompts=list(train_prompts),
         heldout_prompts=list(heldout),
-        trainer=trainer or default_trainer,
+        trainer=trainer,
         progress=progress or (lambda stage, msg: None),
     )
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 from selfimprove.backends.scripted import ScriptedBackend
 from selfimprove.config import RunConfig
 from selfimprove.graph.state import Roles
+from selfimprove.training.common import TrainResult
 
 CONSTITUTION = """
 name: tiny
@@ -93,11 +93,12 @@ def make_roles() -> Roles:
     return Roles(policy=make_backend())
 
 
-def fake_trainer(method, base_model, parent, dataset, cfg, output_dir):
+def fake_trainer(method, base_model, parent, dataset, cfg, output_dir, progress=False):
     adapter = Path(output_dir) / "adapter"
     adapter.mkdir(parents=True, exist_ok=True)
     (adapter / "adapter_config.json").write_text(
         json.dumps({"base_model_name_or_path": base_model, "peft_type": "LORA"})
     )
     (adapter / "adapter_model.safetensors").write_bytes(b"fake weights " + parent.version.encode())
-    return SimpleNamespace(metrics={"train_loss": 0.5, "steps": 2.0, "rows": float(len(dataset))})
+    return TrainResult(adapter_dir=adapter,
+                       metrics={"train_loss": 0.5, "steps": 2.0, "rows": float(len(dataset))})

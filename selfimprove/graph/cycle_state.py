@@ -42,7 +42,7 @@ class CycleContext:
     critique: CritiqueContext
     train_prompts: list[tuple[str, str]]
     heldout_prompts: list[tuple[str, str]]
-    #: ``(method, base_model, parent, dataset, cfg, output_dir) -> TrainResult``
-    trainer: Callable[..., Any]
+    #: replaces :func:`selfimprove.training.run.train` (same arguments); None: the real one
+    trainer: Callable[..., Any] | None
     #: called with (stage, message) for live progress
     progress: Callable[[str, str], None] = field(default=lambda stage, msg: None)

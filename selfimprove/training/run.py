@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,16 +60,20 @@ def train_policy(
     parent: str | None = None,
     promote: bool = False,
     progress: bool = True,
+    tags: Mapping[str, Any] | None = None,
+    trainer: Callable[..., TrainResult] | None = None,
 ) -> tuple[PolicyRef, TrainResult]:
     """Train ``cfg.method`` from ``parent`` (default: current) and commit the next version.
 
     A run that fails leaves no version behind (its staging directory is removed); the new
-    version is current only when ``promote`` is true.
+    version is current only when ``promote`` is true. ``tags`` are stored with the training
+    config (the cycle graph tags each version with its cycle); ``trainer`` replaces
+    :func:`train` (same arguments), e.g. in tests.
     """
     parent_ref = registry.get(parent) if parent else registry.current()
     staging = registry.staging_dir()
     try:
-        result = train(
+        result = (trainer or train)(
             cfg.method, parent_ref.base_model, parent_ref, dataset, cfg, staging, progress
         )
     except BaseException:
@@ -80,7 +84,7 @@ def train_policy(
         parent=parent_ref.version,
         method=cfg.method,
         data=data,
-        train_config=cfg.model_dump(mode="json"),
+        train_config=cfg.model_dump(mode="json") | dict(tags or {}),
         metrics=result.metrics,
     )
     if promote:

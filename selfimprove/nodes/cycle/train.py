@@ -22,25 +22,17 @@ def _existing(ctx: CycleContext, cycle: int, method: str) -> str | None:
 
 
 def _train_one(ctx: CycleContext, cycle: int, method: str, parent: PolicyRef) -> tuple[str, dict]:
-    store, registry = ctx.store, ctx.registry
+    from selfimprove.training.run import train_policy
+
+    store = ctx.store
     dataset = store.pairs_dataset() if method == "dpo" else store.sft_dataset()
     kind = "pairs" if method == "dpo" else "sft"
     used = [DataUsed(name=s.name, rows=s.rows, kind=s.kind) for s in store.shards()
             if s.kind == kind]
     cfg = ctx.cfg.dpo if method == "dpo" else ctx.cfg.sft
-    staging = registry.staging_dir()
-    try:
-        result = ctx.trainer(method, parent.base_model, parent, dataset, cfg, staging)
-    except BaseException:
-        registry.discard(staging)
-        raise
-    ref = registry.commit(
-        staging,
-        parent=parent.version,
-        method=method,
-        data=used,
-        train_config=cfg.model_dump(mode="json") | {"cycle": cycle},
-        metrics=result.metrics,
+    ref, result = train_policy(
+        ctx.registry, dataset, cfg, data=used, parent=parent.version, progress=False,
+        tags={"cycle": cycle}, trainer=ctx.trainer,
     )
     return ref.version, dict(result.metrics)
 
