@@ -329,11 +329,13 @@ def test_policies_cli_lists_versions_and_current(tmp_path: Path, capsys, monkeyp
     lines = {line.split()[1]: line for line in text.splitlines() if line[2:4] in ("v0", "v1", "v2")}
     for version, expected in {
         "v0": ["base"],
-        "v1": ["current", " 7 ", "0.25", "1.5", "win_rate=0.75"],
-        "v2": ["rejected: worse"],
+        "v1": ["current", " 7 ", "0.25", "1.5", "win 0.75"],
+        "v2": ["rejected"],
     }.items():
         for word in expected:
             assert word in lines[version], (version, word, lines[version])
+    # the gate's reason is printed under the table, where it has room
+    assert "v2 rejected: worse" in text
 
     with pytest.raises(PolicyError, match="no policies"):
         args.func(parser.parse_args(["policies", str(tmp_path / "nowhere")]))

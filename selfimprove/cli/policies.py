@@ -66,15 +66,21 @@ def _print_table(records: list, current: str | None) -> None:
     for _, label in KEY_METRICS:
         table.add_column(label, justify="right", no_wrap=True)
     table.add_column("last eval", overflow="fold")
+    reasons = []
     for r in records:
         status = "[bold green]current[/]" if r.version == current else r.status
-        if r.reason:
-            status += f": {r.reason}"
+        if r.reason:  # long gate reasons go under the table, so the columns stay readable
+            reasons.append(f"{r.version} {r.status}: {r.reason}")
         rows = str(sum(d.rows for d in r.data)) if r.data else "-"
         metrics = [_fmt(r.metrics[key]) if key in r.metrics else "-" for key, _ in KEY_METRICS]
         last_eval = r.evals[-1].metrics if r.evals else {}
+        # The headline numbers only; `--json` has every metric.
+        short = {"win_rate": "win", "violation_rate": "viol", "passed": "pass"}
         evals = " ".join(
-            f"{k}={_fmt(v)}" for k, v in last_eval.items() if isinstance(v, int | float | str)
+            f"{label} {_fmt(last_eval[key])}" for key, label in short.items() if key in last_eval
         )
         table.add_row(r.version, r.parent or "-", r.method, status, rows, *metrics, evals or "-")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for line in reasons:
+        console.print(line, highlight=False)
