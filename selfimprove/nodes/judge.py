@@ -17,7 +17,8 @@ async def judge(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Crit
     update: CritiqueState = {"verdict": None}
     tasks = []
     if state.get("rounds"):
-        first_ok = passes(run_checks(cons, state["first_response"]))
+        # The first round checked the first response already; no need to run the checks again.
+        first_ok = passes(state["rounds"][0].checks)
         final_ok = passes(state.get("checks", []))
         pairwise = PairwiseJudge(
             ctx.roles.judge,
