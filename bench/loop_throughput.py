@@ -89,7 +89,7 @@ def main() -> None:
                         help="prompts for the naive loop (it is slow; the rate is comparable)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/loop_throughput.json"))
     args = parser.parse_args()
-    prompts = [p for _, p in load_prompts("examples/prompts/general.jsonl")][: args.prompts]
+    prompts = [p for _, p in load_prompts("general")][: args.prompts]
 
     backend = TransformersBackend(max_batch_size=32, max_wait_ms=30)
     asyncio.run(backend.generate([[Message(role="user", content="hi")]],

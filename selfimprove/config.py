@@ -89,7 +89,7 @@ def load_config(path: str | Path, model: type[C]) -> C:
 class PromptSource(Strict):
     """Where a run's prompts come from: a JSONL/text file, or a `datasets` dataset."""
 
-    path: str | None = "examples/prompts/general.jsonl"
+    path: str | None = "general"
     dataset: str | None = Field(default=None, description="local datasets dir or hub id")
     split: str = "train"
     field: str = "prompt"

@@ -2,12 +2,13 @@
 
 A constitution file is data, never code (``yaml.safe_load`` semantics, no eval). It may
 ``extends`` a parent: the child's principles and checks replace the parent's ones with the same
-``id`` and add new ones; everything else is inherited unless the child sets it. Every error is a
+``id`` and add new ones; the ``judge`` fields it sets replace the parent's ones field by field;
+everything else is inherited unless the child sets it. Every error is a
 :class:`~selfimprove.errors.ConfigError` naming the file, the line and the field.
 
 Constitutions are found by name in ``$SELFIMPROVE_CONSTITUTIONS`` (directories separated by
 ``os.pathsep``, searched first) and then in the ``constitutions/`` directory shipped with the
-project; or loaded by path.
+project (installed as the package ``selfimprove.constitutions``); or loaded by path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +33,7 @@ __all__ = [
     "Constitution",
     "ConstitutionFile",
     "Judge",
+    "JudgeFile",
     "Principle",
     "RubricItem",
     "constitution_json_schema",
@@ -73,16 +76,31 @@ class RubricItem(BaseModel):
     criterion: Text
 
 
+Rubric = Annotated[list[RubricItem], Field(min_length=1)]
+_PAIRWISE_DOC = "instruction for choosing the better of two responses"
+_POINTWISE_DOC = "additive rubric items; only best-of-N sampling (num_samples > 0) scores with it"
+
+
 class Judge(BaseModel):
-    """How responses are judged: pairwise instruction and pointwise additive rubric."""
+    """How responses are judged: pairwise instruction and optional pointwise additive rubric."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    pairwise: Text = Field(description="instruction for choosing the better of two responses")
-    pointwise: list[RubricItem] = Field(min_length=1, description="additive rubric items")
+    pairwise: Text = Field(description=_PAIRWISE_DOC)
+    pointwise: Rubric | None = Field(default=None, description=_POINTWISE_DOC)
 
     @property
     def max_points(self) -> int:
-        return sum(item.points for item in self.pointwise)
+        """Points of a response meeting every criterion (0 without a rubric)."""
+        return sum(item.points for item in self.pointwise or [])
+
+
+class JudgeFile(BaseModel):
+    """A file's ``judge`` block. With ``extends``, each field set here (not null) replaces the
+    parent's one and the others are inherited; without it, ``pairwise`` is required."""
+
+    model_config = ConfigDict(extra="forbid", title="Judge")
+    pairwise: Text | None = Field(default=None, description=_PAIRWISE_DOC)
+    pointwise: Rubric | None = Field(default=None, description=_POINTWISE_DOC)
 
 
 def _version(value: Any) -> Any:
@@ -95,7 +113,7 @@ def _version(value: Any) -> Any:
 class ConstitutionFile(BaseModel):
     """One constitution file as written, before ``extends`` is resolved.
 
-    Without ``extends``, ``principles`` (at least one) and ``judge`` are required.
+    Without ``extends``, ``principles`` (at least one) and ``judge.pairwise`` are required.
     """
 
     model_config = ConfigDict(extra="forbid", title="Constitution")
@@ -109,7 +127,7 @@ class ConstitutionFile(BaseModel):
     )
     principles: list[Principle] | None = None
     checks: list[Check] = Field(default_factory=list)
-    judge: Judge | None = None
+    judge: JudgeFile | None = None
 
     _check_version = field_validator("version", mode="before")(_version)
 
@@ -171,13 +189,24 @@ class Constitution(BaseModel):
 # --- finding files -------------------------------------------------------------------------
 
 
+def _shipped_dir() -> Path:
+    """The shipped constitutions: the package ``selfimprove.constitutions`` (the top-level
+    ``constitutions/`` directory, mapped into the package by pyproject.toml)."""
+    try:
+        shipped = resources.files("selfimprove.constitutions")
+    except ModuleNotFoundError:  # a checkout run without installing it: no mapping in effect
+        shipped = None
+    if isinstance(shipped, Path):  # files are read by path, so a zip import does not count
+        return shipped
+    # The checkout's layout, next to this module's own file (not selfimprove.__file__, None when
+    # the package is imported as a namespace package, as some editable installs do).
+    return Path(__file__).resolve().parent.parent / "constitutions"
+
+
 def search_dirs() -> list[Path]:
     """Directories searched for constitutions by name: ``$SELFIMPROVE_CONSTITUTIONS`` first."""
     extra = [Path(d).expanduser() for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
-    # This module's own file, not selfimprove.__file__ (None when the package is imported as a
-    # namespace package, as some editable installs do).
-    shipped = Path(__file__).resolve().parent.parent / "constitutions"
-    return [*extra, shipped]
+    return [*extra, _shipped_dir()]
 
 
 def _looks_like_path(ref: str | Path) -> bool:
@@ -255,6 +284,9 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> Constitution:
         parent = None
         _require(path, node, raw, "principles", "at least one principle is required")
         _require(path, node, raw, "judge", "a judge rubric is required (or use `extends`)")
+        if raw.judge is not None and raw.judge.pairwise is None:
+            line = line_of(node, ("judge",))
+            raise ConfigError(path, "Field required", line=line, field="judge.pairwise")
     else:
         parent = _resolve_parent(path, node, raw.extends, chain)
     fields = _merge(raw, parent)
@@ -321,6 +353,14 @@ def _merge_by_id(parent: list[Any], child: list[Any]) -> list[Any]:
     return merged + [item for item in child if item.id in by_id]
 
 
+def _merge_judge(own: JudgeFile | None, parent: Judge | None) -> Judge:
+    """Field by field: what the file sets (not null) wins, the rest comes from the parent."""
+    fields = parent.model_dump() if parent is not None else {}
+    if own is not None:
+        fields.update({k: v for k, v in own.model_dump().items() if v is not None})
+    return Judge.model_validate(fields)
+
+
 def _merge(raw: ConstitutionFile, parent: Constitution | None) -> dict[str, Any]:
     own = {
         "name": raw.name,
@@ -328,7 +368,7 @@ def _merge(raw: ConstitutionFile, parent: Constitution | None) -> dict[str, Any]
         "description": raw.description,
         "principles": raw.principles or [],
         "checks": raw.checks,
-        "judge": raw.judge,
+        "judge": _merge_judge(raw.judge, None if parent is None else parent.judge),
     }
     if parent is None:
         return own
@@ -338,7 +378,6 @@ def _merge(raw: ConstitutionFile, parent: Constitution | None) -> dict[str, Any]
         "description": raw.description if "description" in set_fields else parent.description,
         "principles": _merge_by_id(parent.principles, own["principles"]),
         "checks": _merge_by_id(parent.checks, raw.checks),
-        "judge": raw.judge if raw.judge is not None else parent.judge,
     }
 
 
@@ -360,6 +399,8 @@ _LiteralDumper.add_representer(str, _str_representer)
 def constitution_to_yaml(constitution: Constitution) -> str:
     """The resolved constitution as YAML (no ``extends``); loading it gives the same hash."""
     data = constitution.model_dump(mode="json")
+    if data["judge"]["pointwise"] is None:  # absent reads better than `pointwise: null`
+        del data["judge"]["pointwise"]
     # id and kind first, as people write them; an absent description is left out.
     data["checks"] = [
         {"id": c["id"], "kind": c["kind"]}

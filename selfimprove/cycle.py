@@ -23,7 +23,10 @@ THREAD = {"configurable": {"thread_id": "improvement-cycle"}}
 
 def resolve_prompt_path(cfg: RunConfig, config_path: Path | None) -> RunConfig:
     """Make a relative prompt path absolute: relative to the working directory if it exists
-    there, else to the config file's directory."""
+    there, else to the config file's directory. A packaged prompt set's name (``general``) that
+    is no such file is kept as it is: `load_prompts` resolves it wherever the run resumes."""
+    from selfimprove.sources import packaged_prompts
+
     path = cfg.prompts.path
     if path is None or Path(path).is_absolute():
         return cfg
@@ -31,6 +34,8 @@ def resolve_prompt_path(cfg: RunConfig, config_path: Path | None) -> RunConfig:
     if config_path is not None:
         candidates.append(config_path.parent / path)
     found = next((p for p in candidates if p.exists()), None)
+    if found is None and packaged_prompts(path) is not None:
+        return cfg
     if found is None:
         tried = ", ".join(str(p.resolve()) for p in candidates)
         raise ConfigError(config_path or "<config>", f"prompt file not found (tried {tried})",

@@ -1,18 +1,63 @@
-"""Prompt sources: JSONL or plain-text files, local `datasets` datasets, hub datasets."""
+"""Prompt sources: JSONL or plain-text files, prompt sets shipped with the package (by name,
+e.g. ``general``), local `datasets` datasets, hub datasets."""
 
 from __future__ import annotations
 
 import json
+import os
+from importlib import resources
 from pathlib import Path
 
 from selfimprove.errors import ConfigError
 from selfimprove.hashing import prompt_id
 
+_PACKAGED_DIR = "data/prompts"
+_PACKAGED_SUFFIXES = (".jsonl", ".txt")
+
+
+def packaged_prompt_names() -> list[str]:
+    """Names of the prompt sets shipped with the package (``general``, ...)."""
+    directory = resources.files("selfimprove").joinpath(_PACKAGED_DIR)
+    if not directory.is_dir():
+        return []
+    names = {Path(f.name).stem for f in directory.iterdir() if f.name.endswith(_PACKAGED_SUFFIXES)}
+    return sorted(names)
+
+
+def packaged_prompts(name: str) -> Path | None:
+    """The file of the prompt set shipped under ``name`` (e.g. ``general``), or None."""
+    if not is_prompt_name(name):
+        return None
+    directory = resources.files("selfimprove").joinpath(_PACKAGED_DIR)
+    for suffix in _PACKAGED_SUFFIXES:
+        candidate = directory.joinpath(name + suffix)
+        # Only a real file can be handed on as a Path (not a member of a zip import).
+        if isinstance(candidate, Path) and candidate.is_file():
+            return candidate
+    return None
+
+
+def is_prompt_name(ref: str | Path) -> bool:
+    """Whether ``ref`` reads as the name of a packaged prompt set: no directory, no suffix."""
+    text = str(ref)
+    return bool(text) and "/" not in text and os.sep not in text and not Path(text).suffix
+
 
 def load_prompts(path: str | Path, field: str = "prompt") -> list[tuple[str, str]]:
     """Read ``(id, prompt)`` pairs from a ``.jsonl`` file (``{"prompt": ..., "id": ...}``
-    per line) or a text file (one prompt per line). Blank lines are skipped."""
+    per line) or a text file (one prompt per line). Blank lines are skipped.
+
+    A bare name such as ``general`` that is not an existing file names a packaged prompt set.
+    """
     path = Path(path)
+    if not path.exists() and is_prompt_name(path):
+        packaged = packaged_prompts(str(path))
+        if packaged is None:
+            known = ", ".join(packaged_prompt_names()) or "none"
+            raise ConfigError(
+                path, f"prompt file not found, nor a packaged prompt set (known: {known})"
+            )
+        path = packaged
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:

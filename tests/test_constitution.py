@@ -191,6 +191,70 @@ def test_extends_shipped_by_name_from_elsewhere(tmp_path: Path) -> None:
     assert mine.principles == concise.principles and mine.checks == concise.checks
 
 
+def test_extends_merges_judge_field_by_field(tmp_path: Path) -> None:
+    base = load_constitution("base")
+    assert base.judge.pointwise  # what the child below must inherit
+    write(
+        tmp_path / "pairwise_only.yaml",
+        """
+        name: pairwise-only
+        version: 1
+        extends: base
+        judge:
+          pairwise: Pick the shorter correct response.
+        """,
+    )
+    child = load_constitution(tmp_path / "pairwise_only.yaml")
+    assert child.judge.pairwise == "Pick the shorter correct response."
+    assert child.judge.pointwise == base.judge.pointwise
+
+    rubric = "judge:\n  pointwise: [{points: 2, criterion: Short.}]\n"
+    write(tmp_path / "pointwise_only.yaml", "name: p\nversion: 1\nextends: base\n" + rubric)
+    child = load_constitution(tmp_path / "pointwise_only.yaml")
+    assert child.judge.pairwise == base.judge.pairwise
+    assert [(i.points, i.criterion) for i in child.judge.pointwise] == [(2, "Short.")]
+
+    # an invalid override is still reported with the child's file, line and field
+    write(tmp_path / "bad.yaml", "name: b\nversion: 1\nextends: base\njudge:\n  pairwise: ''\n")
+    with pytest.raises(ConfigError) as info:
+        load_constitution(tmp_path / "bad.yaml")
+    err = info.value
+    assert (Path(err.path).name, err.line, err.field) == ("bad.yaml", 5, "judge.pairwise")
+    assert "at least 1 character" in err.detail
+
+
+def test_pointwise_rubric_is_optional(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "pairwise_judge.yaml",
+        """
+        name: t
+        version: 1
+        principles:
+          - {id: p, critique: c, revision: r}
+        judge:
+          pairwise: Pick one.
+        """,
+    )
+    c = load_constitution(path)
+    assert c.judge.pointwise is None and c.judge.max_points == 0
+    text = constitution_to_yaml(c)
+    assert "pointwise" not in text
+    copy = load_constitution(write(tmp_path / "copy.yaml", text))
+    assert copy.content_hash == c.content_hash
+
+    # pairwise is what cannot be left out (without `extends`)
+    write(
+        tmp_path / "no_pairwise.yaml",
+        "name: t\nversion: 1\nprinciples: [{id: p, critique: c, revision: r}]\n"
+        "judge:\n  pointwise: [{points: 1, criterion: Good.}]\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_constitution(tmp_path / "no_pairwise.yaml")
+    err = info.value
+    assert (err.line, err.field, err.detail) == (4, "judge.pairwise", "Field required")
+    assert "no_pairwise.yaml:4: field 'judge.pairwise'" in str(err)
+
+
 def test_extends_cycle_error(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", "name: a\nversion: 1\nextends: b\n")
     write(tmp_path / "b.yaml", "name: b\nversion: 1\nextends: c.yaml\n")

@@ -10,6 +10,7 @@ from selfimprove.config import RunConfig, load_config
 from selfimprove.sources import load_prompts
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PACKAGED_PROMPTS = Path(__file__).resolve().parent.parent / "selfimprove" / "data" / "prompts"
 
 
 @pytest.mark.parametrize("path", sorted((EXAMPLES / "configs").glob("*.yaml")), ids=str)
@@ -25,7 +26,7 @@ def test_accelerate_train_config_is_valid():
     assert cfg.method == "dpo"
 
 
-@pytest.mark.parametrize("path", sorted((EXAMPLES / "prompts").glob("*.jsonl")), ids=str)
+@pytest.mark.parametrize("path", sorted(PACKAGED_PROMPTS.glob("*.jsonl")), ids=str)
 def test_prompt_files_load(path):
     prompts = load_prompts(path)
     assert len(prompts) >= 32 and len({p for _, p in prompts}) == len(prompts)

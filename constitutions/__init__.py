@@ -1,0 +1,1 @@
+"""Constitutions shipped with selfimprove (installed as the package selfimprove.constitutions)."""
