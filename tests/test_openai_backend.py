@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 import time
+import urllib.parse
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -227,6 +229,120 @@ async def test_no_key_variable_sends_no_authorization(fault, monkeypatch):
     finally:
         await backend.aclose()
     assert "Authorization" not in fault.calls(CHAT)[0].headers
+
+
+# A key whose 4-character runs do not occur in ordinary text or in these tests' messages, so a
+# hit below is a leak, not a coincidence; "+", "/" and "=" make its URL-encoded form differ.
+LEAK_KEY = "sk-Zq8vX3pL+w9Tn4/RbK7mJd2HfY6cVs=="
+ERROR_CUT = 500  # the backend's cut for a server's error message
+PREVIEW_CUT = 200  # ... and for a body that is not a JSON object
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def key_fragments(key: str = LEAK_KEY, size: int = 4) -> set[str]:
+    """Every run of ``size`` characters of every form the key can travel in: a leak of any
+    longer piece contains one of them."""
+    forms = {key, urllib.parse.quote(key, safe=""), b64(key), b64(f"Bearer {key}")[12:]}
+    return {f[i : i + size] for f in forms for i in range(len(f) - size + 1)}
+
+
+class KeepAll(logging.Handler):
+    """Every record, as a handler would write it (message, exception text, stack)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}:{record.levelname}:{self.format(record)}")
+
+
+@pytest.fixture
+def all_logs():
+    """A DEBUG handler on the root logger, with the HTTP loggers set to DEBUG explicitly (as
+    someone debugging the transport would), so httpx/httpcore debug lines are all captured."""
+    root = logging.getLogger()
+    names = ["httpx", "httpcore", "httpcore.http11", "httpcore.connection"]
+    saved = [(root, root.level)] + [(logging.getLogger(n), logging.getLogger(n).level)
+                                   for n in names]
+    handler = KeepAll()
+    root.addHandler(handler)
+    for logger, _ in saved:
+        logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+def echo(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, {"error": {"message": message}}, headers or {})
+
+
+KEY_ECHOES = {
+    # the key whole in the error message
+    "whole": [echo(401, f"invalid key {LEAK_KEY}")],
+    # the key straddling the 500-character cut of an error message (JSON and plain text)
+    "split at the error cut": [echo(401, "x" * (ERROR_CUT - 10) + LEAK_KEY + " end")],
+    "split at the text cut": [Reply(400, "y" * (ERROR_CUT - 6) + LEAK_KEY)],
+    # ... and the 200-character cut of a 200 response that is not JSON
+    "split at the preview cut": [Reply(200, "z" * (PREVIEW_CUT - 7) + LEAK_KEY)],
+    # OpenAI style: "Incorrect API key provided: sk-Zq8vX...6cVs"
+    "prefix and suffix": [echo(401, f"key provided: {LEAK_KEY[:8]}...{LEAK_KEY[-6:]}")],
+    "url-encoded": [echo(401, "got " + urllib.parse.quote(LEAK_KEY, safe=""))],
+    "base64 of the header": [echo(401, "got " + b64(f"Bearer {LEAK_KEY}"))],
+    # a success whose response header echoes the credentials: only httpcore's debug line
+    # (which prints response headers) could show it
+    "in a response header": [Reply(200, chat_reply(["fine"]), {"X-Echo": f"Bearer {LEAK_KEY}"})],
+    # retried first (a warning is logged), then rejected; key in body and header both times
+    "retried then rejected": [
+        echo(503, f"busy {LEAK_KEY}", {"X-Echo": LEAK_KEY}),
+        echo(401, f"bad {LEAK_KEY}", {"X-Echo": LEAK_KEY}),
+    ],
+}
+
+
+@pytest.mark.parametrize("replies", KEY_ECHOES.values(), ids=KEY_ECHOES.keys())
+async def test_no_fragment_of_the_key_is_ever_shown(fault, monkeypatch, all_logs, replies):
+    monkeypatch.setenv(KEY_ENV, LEAK_KEY)
+    fault.script(CHAT, *replies)
+    backend = backend_for(fault.url, api_key_env=KEY_ENV)
+    error: BaseException | None = None
+    try:
+        await backend.generate([conv("hi")], SamplingParams())
+    except HTTPBackendError as exc:
+        error = exc
+    finally:
+        await backend.aclose()
+    assert fault.calls(CHAT)[0].headers["Authorization"] == f"Bearer {LEAK_KEY}"  # it was sent
+    # the transport's debug lines were captured (and kept, masked: not dropped)
+    assert any(line.startswith("httpcore.http11:DEBUG:receive_response_headers")
+               for line in all_logs.lines)
+    shown = [repr(backend), *all_logs.lines]
+    if error is not None:
+        shown += [str(error), repr(error)]
+        assert "***" in str(error)  # the server's message is kept, key masked
+    leaks = {frag for text in shown for frag in key_fragments() if frag in text}
+    assert not leaks, [text for text in shown if any(frag in text for frag in leaks)]
+
+
+async def test_masked_error_text_still_cut_to_length(fault, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, LEAK_KEY)
+    fault.script(CHAT, echo(400, f"{LEAK_KEY} " + "w" * 2000))
+    backend = backend_for(fault.url, api_key_env=KEY_ENV)
+    try:
+        with pytest.raises(HTTPBackendError) as info:
+            await backend.generate([conv("hi")], SamplingParams())
+    finally:
+        await backend.aclose()
+    message = str(info.value)
+    assert "HTTP 400: *** www" in message and "w" * (ERROR_CUT - 4) in message
+    assert "w" * (ERROR_CUT - 3) not in message  # mask, then cut at ERROR_CUT characters
 
 
 # ----- request and response mapping -----

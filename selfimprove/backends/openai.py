@@ -7,7 +7,11 @@ with exponential backoff plus jitter, honouring ``Retry-After`` on 429/503. Neve
 other status (400, 401, 403, 404, 422, ...), which raises :class:`HTTPBackendError` at once.
 
 The API key comes from an environment variable only and is never logged, shown in ``repr`` or
-put in an error message (a server that echoes it back has it masked).
+put in an error message. Whatever a server sends back is masked before it is cut to length: every
+run of 4 or more characters of the key (or of its URL-encoded or base64 forms) becomes ``***``, so
+neither a whole key nor a fragment split at the cut survives. ``httpx``/``httpcore`` debug lines
+(which print response headers, where a careless server may echo the key) pass through a logging
+filter that masks the same way.
 
 Server differences handled here:
 
@@ -24,10 +28,13 @@ Server differences handled here:
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import logging
 import math
 import os
+import threading
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -67,6 +74,21 @@ _CHAT_PATH = "/v1/chat/completions"
 _LOAD_LORA_PATH = "/v1/load_lora_adapter"
 _UNLOAD_LORA_PATH = "/v1/unload_lora_adapter"
 _MAX_MESSAGE_CHARS = 500
+_MAX_BODY_PREVIEW_CHARS = 200
+_MASK = "***"
+#: the shortest run of key characters that is masked; shorter runs are too common to mask
+_MIN_SECRET_FRAGMENT = 4
+#: loggers of the HTTP stack; httpcore's debug lines print response headers in full
+_TRANSPORT_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.connection_pool",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
 
 
 class HTTPBackendError(BackendError):
@@ -180,22 +202,146 @@ def _split_tokens(total: int | None, parts: int) -> list[int]:
 
 
 def _error_message(response: httpx.Response) -> str:
-    """The server's own error message from an OpenAI, vLLM or FastAPI style error body."""
+    """The server's own error message from an OpenAI, vLLM or FastAPI style error body.
+
+    Returned whole: the caller masks the API key first and cuts afterwards.
+    """
     try:
         data = response.json()
     except ValueError:
-        text = response.text.strip()
-        return text[:_MAX_MESSAGE_CHARS] or response.reason_phrase
+        return response.text.strip() or response.reason_phrase
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:_MAX_MESSAGE_CHARS]
+            return str(err["message"])
         if isinstance(err, str):
-            return err[:_MAX_MESSAGE_CHARS]
+            return err
         for key in ("message", "detail"):
             if data.get(key):
-                return str(data[key])[:_MAX_MESSAGE_CHARS]
-    return str(data)[:_MAX_MESSAGE_CHARS]
+                return str(data[key])
+    return str(data)
+
+
+class _SecretMasker:
+    """Replaces every run of at least 4 characters found inside a secret with ``***``.
+
+    Masking fragments, not just whole occurrences, is what keeps a key out of text that was cut
+    mid-key (by the server or by us) and out of partial echoes such as ``sk-abc...wxyz``. The
+    URL-encoded and base64 forms (of the key and of ``Bearer <key>``) are masked the same way.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            if not secret:
+                continue
+            forms.add(secret)
+            forms.add(urllib.parse.quote(secret, safe=""))
+            for raw in (secret, f"Bearer {secret}"):
+                forms.add(base64.b64encode(raw.encode()).decode())
+        n = _MIN_SECRET_FRAGMENT
+        self._forms = tuple(sorted(forms))
+        self._short = tuple(f for f in self._forms if len(f) < n)
+        # every n-gram of every form: a cheap first test at each position of the text
+        self._grams = frozenset(f[i : i + n] for f in self._forms for i in range(len(f) - n + 1))
+
+    def __bool__(self) -> bool:
+        return bool(self._forms)
+
+    def mask(self, text: str) -> str:
+        for short in self._short:  # too short to have fragments: mask whole occurrences
+            text = text.replace(short, _MASK)
+        if not self._grams:
+            return text
+        n = _MIN_SECRET_FRAGMENT
+        out: list[str] = []
+        start = i = 0
+        while i <= len(text) - n:
+            if text[i : i + n] not in self._grams:
+                i += 1
+                continue
+            end = i + n  # grow the run while it is still inside some form of the secret
+            while end < len(text) and any(text[i : end + 1] in f for f in self._forms):
+                end += 1
+            out += (text[start:i], _MASK)
+            start = i = end
+        out.append(text[start:])
+        return "".join(out)
+
+
+def _clip(text: str, limit: int) -> str:
+    """Cut already-masked text to ``limit`` characters (cutting after masking leaks nothing)."""
+    return text if len(text) <= limit else text[:limit]
+
+
+def _mask_then_clip(masker: _SecretMasker, text: str, limit: int) -> str:
+    """``text`` masked, then cut to ``limit`` characters.
+
+    Only the first ``2 * limit`` characters are scanned, to bound the work on a huge body. A key
+    cut there leaves at most a 3-character stub at the window's end, and the final cut drops it:
+    masking shrinks a run by at most a quarter, so the stub lies past ``limit``.
+    """
+    return _clip(masker.mask(text[: 2 * limit]), limit)
+
+
+class _RedactingFilter(logging.Filter):
+    """Masks API keys in log records of the loggers it is attached to; drops nothing.
+
+    Chosen over raising the HTTP loggers to INFO: a level is one global setting that any later
+    ``setLevel``, ``dictConfig`` or ``caplog.set_level(DEBUG)`` turns back (and that would need
+    restoring when the last backend closes), while a filter stays attached (``dictConfig``
+    replaces handlers, never logger filters) and leaves transport debugging usable. It is
+    attached to each HTTP logger by name because a logger's filters never see records that
+    propagate up from its children.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._secrets: frozenset[str] = frozenset()
+        self._masker = _SecretMasker(())
+
+    def add_secret(self, secret: str) -> None:
+        with self._lock:
+            self._secrets = self._secrets | {secret}
+            self._masker = _SecretMasker(self._secrets)  # swapped whole: readers take no lock
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        masker = self._masker
+        if not masker:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # logging would print msg and args raw when reporting this error
+            message = f"{record.msg} {record.args}"
+        masked = masker.mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            # formatted here so handlers use the masked text (Formatter reuses exc_text)
+            record.exc_text = masker.mask(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = masker.mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = masker.mask(record.stack_info)
+        return True
+
+
+_REDACTING_FILTER = _RedactingFilter()
+
+
+def _protect_logs(secret: str) -> None:
+    """Mask ``secret`` in this module's and the HTTP stack's log records from now on."""
+    _REDACTING_FILTER.add_secret(secret)
+    names = {*_TRANSPORT_LOGGERS, __name__}
+    # also any httpx/httpcore logger that exists already under a name not listed above
+    names.update(
+        name
+        for name in list(logging.Logger.manager.loggerDict)
+        if name.split(".", 1)[0] in ("httpx", "httpcore")
+    )
+    for name in sorted(names):
+        logging.getLogger(name).addFilter(_REDACTING_FILTER)  # addFilter skips duplicates
 
 
 class OpenAIBackend(Backend):
@@ -248,9 +394,11 @@ class OpenAIBackend(Backend):
         # SecretStr: the key stays out of repr()/tracebacks of anything holding it
         raw_key = os.environ.get(api_key_env) if api_key_env else None
         self._api_key = SecretStr(raw_key) if raw_key else None
+        self._masker = _SecretMasker([raw_key] if raw_key else [])
         headers = {"Content-Type": "application/json"}
-        if self._api_key is not None:
-            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        if raw_key:
+            _protect_logs(raw_key)  # before the first request can log a header
+            headers["Authorization"] = f"Bearer {raw_key}"
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
@@ -448,10 +596,7 @@ class OpenAIBackend(Backend):
         return f"POST {self.base_url}{path} (model {model or self._model})"
 
     def _redact(self, text: str) -> str:
-        if self._api_key is not None:
-            secret = self._api_key.get_secret_value()
-            text = text.replace(secret, "***")
-        return text
+        return self._masker.mask(text)
 
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._post(path, body)
@@ -460,9 +605,9 @@ class OpenAIBackend(Backend):
         except ValueError:
             data = None
         if not isinstance(data, dict):
+            preview = _mask_then_clip(self._masker, response.text, _MAX_BODY_PREVIEW_CHARS)
             raise HTTPBackendError(
-                f"{self._where(path)}: expected a JSON object, got "
-                f"{self._redact(response.text[:200])!r}",
+                f"{self._where(path)}: expected a JSON object, got {preview!r}",
                 status=response.status_code,
             )
         return data
@@ -502,11 +647,14 @@ class OpenAIBackend(Backend):
         except httpx.TimeoutException as exc:
             raise _RetryableError(f"timed out ({type(exc).__name__})") from None
         except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise _RetryableError(f"connection failed ({type(exc).__name__}: {exc})") from None
+            failure = self._redact(f"{type(exc).__name__}: {exc}")
+            raise _RetryableError(f"connection failed ({failure})") from None
         status = response.status_code
         if status < 400:
             return response
-        message = f"HTTP {status}: {self._redact(_error_message(response))}"
+        # mask first, then cut: a key straddling the cut must not leave its prefix behind
+        detail = _mask_then_clip(self._masker, _error_message(response), _MAX_MESSAGE_CHARS)
+        message = f"HTTP {status}: {detail}"
         if status in RETRY_STATUSES:
             retry_after = None
             if status in _RETRY_AFTER_STATUSES:
