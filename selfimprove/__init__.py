@@ -17,12 +17,12 @@ _EXPORTS = {
     "load_config": "selfimprove.config",
     "Constitution": "selfimprove.constitution",
     "load_constitution": "selfimprove.constitution",
-    "CritiqueContext": "selfimprove.graph",
-    "Roles": "selfimprove.graph",
-    "acritique": "selfimprove.graph",
-    "build_critique_graph": "selfimprove.graph",
-    "critique_many": "selfimprove.graph",
-    "build_cycle_graph": "selfimprove.graph.cycle",
+    "CritiqueContext": "selfimprove.critique_loop",
+    "Roles": "selfimprove.critique_loop",
+    "acritique": "selfimprove.critique_loop",
+    "build_critique_graph": "selfimprove.critique_loop",
+    "critique_many": "selfimprove.critique_loop",
+    "build_cycle_graph": "selfimprove.improvement_cycle.graph",
     "make_context": "selfimprove.wiring",
     "make_backend": "selfimprove.backends.factory",
     "PreferenceStore": "selfimprove.store",
@@ -30,7 +30,7 @@ _EXPORTS = {
     "CritiqueResult": "selfimprove.types",
     "PolicyRef": "selfimprove.types",
     "SamplingParams": "selfimprove.types",
-    "run": "selfimprove.cycle",
+    "run": "selfimprove.runner",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from selfimprove.types import CheckResult
-
-if TYPE_CHECKING:
-    from selfimprove.constitution import Constitution
+from selfimprove.types import CheckResult, passes
 
 __all__ = [
     "REGEX_TIMEOUT_S",
@@ -216,13 +213,16 @@ def _evaluate(check: Check, text: str, timeout: float) -> tuple[bool, str]:
     raise TypeError(f"unknown check {type(check).__name__}")  # unreachable for validated data
 
 
+class HasChecks(Protocol):
+    """Anything that carries checks (a constitution)."""
+
+    @property
+    def checks(self) -> Iterable[Check]: ...
+
+
 def run_checks(
-    constitution: Constitution, text: str, *, regex_timeout: float = REGEX_TIMEOUT_S
+    checks: Iterable[Check] | HasChecks, text: str, *, regex_timeout: float = REGEX_TIMEOUT_S
 ) -> list[CheckResult]:
-    """Run every check of ``constitution`` on ``text``, in order."""
-    return [run_check(c, text, regex_timeout=regex_timeout) for c in constitution.checks]
-
-
-def passes(results: Iterable[CheckResult]) -> bool:
-    """True when every hard check passed (soft checks never fail a response)."""
-    return all(r.passed for r in results if r.hard)
+    """Run ``checks`` (or a constitution's checks) on ``text``, in order."""
+    items = checks.checks if hasattr(checks, "checks") else checks
+    return [run_check(c, text, regex_timeout=regex_timeout) for c in items]  # type: ignore[union-attr]

@@ -1,4 +1,7 @@
-"""Configuration models and the one function that loads them, plus the backend factory."""
+"""Configuration models and the one function that loads them.
+
+Data only: importing this module loads no backend, judge or model code.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from selfimprove.evaluate import GateConfig
-from selfimprove.harvest import HarvestConfig
 from selfimprove.models import DEFAULT_MODEL
 from selfimprove.training.config import TrainConfig
 from selfimprove.types import SamplingParams
@@ -16,6 +17,84 @@ from selfimprove.types import SamplingParams
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+Strategy = Literal["revision", "best_of_n"]
+
+
+class HarvestConfig(BaseModel):
+    """Which pairs to keep."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategies: list[Strategy] = Field(default_factory=lambda: ["revision"])
+    min_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="drop pairs whose judge margin (|p_b - 0.5| * 2, or the normalized score "
+        "gap for best_of_n) is below this",
+    )
+    max_length_ratio: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="drop pairs whose chosen side has more than this many times the words "
+        "of the rejected side (guards against a judge's length bias)",
+    )
+    sft_requires_checks: bool = True
+    score_scale: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="the pointwise judge's score range (max - min), used to normalize "
+        "best_of_n score gaps into [0, 1]",
+    )
+
+
+class GateConfig(BaseModel):
+    """Thresholds of the gate; a threshold set to ``None`` is not checked."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_win_rate: float | None = Field(
+        default=0.4, ge=0.0, le=1.0, description="candidate vs incumbent, ties count half"
+    )
+    # Rates lie in [0, 1], so a delta below -1 or a relative NLL change below -100% could
+    # never pass: refused when the config loads instead of rejecting every candidate.
+    max_violation_rate_delta: float | None = Field(
+        default=0.0, ge=-1.0, le=1.0,
+        description="candidate violation rate minus the incumbent's, at most",
+    )
+    max_length_ratio: float | None = Field(
+        default=1.25, gt=0.0, description="mean words, candidate / incumbent, at most"
+    )
+    min_length_ratio: float | None = Field(
+        default=0.25, ge=0.0, description="mean words, candidate / incumbent, at least"
+    )
+    max_retention_increase: float | None = Field(
+        default=0.05, gt=-1.0, description="relative increase of the retention NLL, at most"
+    )
+    max_repetition_increase: float | None = Field(
+        default=0.05, ge=0.0, le=1.0,
+        description="share of answers that repeat themselves may rise at most this much over "
+        "the lower of the incumbent's and the base's",
+    )
+    max_truncation_increase: float | None = Field(
+        default=0.05, ge=0.0, le=1.0,
+        description="share of answers cut at the token cap may rise at most this much",
+    )
+    max_near_empty_increase: float | None = Field(
+        default=0.02, ge=0.0, le=1.0,
+        description="share of (near-)empty answers may rise at most this much",
+    )
+    min_mean_words: float | None = Field(
+        default=8.0, ge=0.0, description="the candidate's mean answer length, at least"
+    )
+    num_prompts: int = Field(default=32, ge=1, description="held-out prompts per evaluation")
+    sampling: SamplingParams = Field(
+        default_factory=lambda: SamplingParams(max_new_tokens=128, temperature=0.0),
+        description="sampling for the evaluation generations (greedy by default)",
+    )
+    judge_version: Literal["base", "incumbent"] = Field(
+        default="base", description="which policy judges when the judge shares the backend"
+    )
 
 
 class BackendConfig(Strict):
@@ -112,6 +191,15 @@ class Schedule(Strict):
     methods: list[Literal["dpo", "sft"]] = Field(default_factory=lambda: ["dpo"], min_length=1)
 
 
+class ControlConfig(Strict):
+    """The control arm: the same cycles with the critique replaced by the cheapest thing that
+    could explain the result (see :mod:`selfimprove.improvement_cycle.control`)."""
+
+    enabled: bool = Field(default=False, description="run the control arm after the loop")
+    kind: Literal["auto", "trim", "best_of_checks"] = Field(
+        default="auto", description="auto: trim when the constitution limits words"
+    )
+    samples: int = Field(default=4, ge=2, description="samples per prompt for best_of_checks")
 
 
 class RunConfig(Strict):
@@ -129,6 +217,11 @@ class RunConfig(Strict):
     dpo: TrainConfig = TrainConfig(method="dpo")
     sft: TrainConfig = TrainConfig(method="sft")
     gate: GateConfig = GateConfig()
+    control: ControlConfig = ControlConfig()
+
+    def train_config(self, method: str) -> TrainConfig:
+        """The training settings of ``method`` ('dpo' or 'sft')."""
+        return self.dpo if method == "dpo" else self.sft
 
     @model_validator(mode="after")
     def _methods_match(self) -> RunConfig:

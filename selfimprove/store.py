@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import re
-import secrets
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -79,6 +78,10 @@ _PAIR_SPEC = [("prompt", "messages"), ("chosen", "messages"), ("rejected", "mess
 _SFT_SPEC = [("messages", "messages"), *_PROVENANCE, ("content_hash", "string")]
 PAIR_COLUMNS: list[str] = [name for name, _ in _PAIR_SPEC]
 SFT_COLUMNS: list[str] = [name for name, _ in _SFT_SPEC]
+
+
+#: which rows each training method reads
+DATA_KIND: dict[str, Kind] = {"dpo": "pairs", "sft": "sft"}
 
 
 def _schema(spec: list[tuple[str, str]]) -> pa.Schema:
@@ -154,11 +157,22 @@ def _prompt_text(messages: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
 
 
+def seed_salt(seed: int) -> str:
+    """The held-out salt of a seed: the same seed always holds out the same prompts."""
+    return f"s{seed}"
+
+
+def is_heldout(prompt: str, salt: str, fraction: float) -> bool:
+    """Whether ``prompt`` falls in the held-out split fixed by ``salt`` and ``fraction``."""
+    digest = hashlib.sha256(f"{salt}\0{prompt.strip()}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
 class PreferenceStore:
     """Append-only store of preference pairs and SFT rows under ``root/store``.
 
     ``heldout_fraction`` and ``salt`` are fixed when the store is created (``None`` means
-    "what the store says", or 0.2 and a random salt for a new store); reopening with other
+    "what the store says", or 0.2 and the salt of seed 0 for a new store); reopening with other
     values is an error, so the held-out split never moves during a run. ``readonly`` opens an
     existing store without creating it or cleaning temp files (safe beside a live writer).
     """
@@ -211,7 +225,8 @@ class PreferenceStore:
             meta = {
                 "format": FORMAT_VERSION,
                 "heldout_fraction": _DEFAULT_HELDOUT if fraction is None else fraction,
-                "salt": salt if salt is not None else secrets.token_hex(16),
+                # Reproducible: two fresh stores over the same prompts hold out the same ones.
+                "salt": salt if salt is not None else seed_salt(0),
                 "created_at": datetime.now(timezone.utc).isoformat(),
             }
             for kind in ("pairs", "sft"):
@@ -242,8 +257,7 @@ class PreferenceStore:
 
     def is_heldout(self, prompt: str) -> bool:
         """Whether ``prompt`` belongs to the held-out (evaluation-only) split."""
-        digest = hashlib.sha256(f"{self.salt}\0{prompt.strip()}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < self.heldout_fraction
+        return is_heldout(prompt, self.salt, self.heldout_fraction)
 
     def split_prompts(
         self, prompts: Iterable[T], key: Callable[[T], str] | None = None
@@ -457,6 +471,11 @@ class PreferenceStore:
     def sft_dataset(self) -> datasets.Dataset:
         """All SFT rows as a ``datasets.Dataset`` (``messages`` format)."""
         return self._dataset("sft")
+
+    def training_data(self, method: str) -> tuple[datasets.Dataset, list[ShardInfo]]:
+        """The rows ``method`` trains on (DPO: pairs, SFT: final revisions) and their shards."""
+        kind: Kind = DATA_KIND[method]
+        return self._dataset(kind), [s for s in self.shards() if s.kind == kind]
 
     def row_hashes(self, kind: Kind | None = None) -> set[str]:
         """Content hashes of stored rows (of one kind, or both)."""

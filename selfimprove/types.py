@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,6 +57,11 @@ class CheckResult(BaseModel):
     detail: str = ""
 
 
+def passes(results: Iterable[CheckResult]) -> bool:
+    """True when every hard check passed (soft checks never fail a response): the one rule."""
+    return all(r.passed for r in results if r.hard)
+
+
 class Critique(BaseModel):
     round: int
     principle_ids: list[str]
@@ -101,6 +107,9 @@ class RoundRecord(BaseModel):
     checks: list[CheckResult]
     critique: Critique | None = None
     revision: str | None = None
+    revision_truncated: bool = Field(
+        default=False, description="the revision ran out of its token budget (not a clean example)"
+    )
 
 
 class CritiqueResult(BaseModel):
@@ -125,4 +134,10 @@ class CritiqueResult(BaseModel):
 
     @property
     def final_passes(self) -> bool:
-        return all(c.passed for c in self.final_checks if c.hard)
+        return passes(self.final_checks)
+
+    @property
+    def final_truncated(self) -> bool:
+        """Whether the final response is a revision that hit its token budget."""
+        revised = [r for r in self.rounds if r.revision is not None]
+        return bool(revised) and revised[-1].revision_truncated

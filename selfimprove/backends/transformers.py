@@ -102,12 +102,16 @@ class TransformersBackend(Backend):
         self.device = self.model.device
         self.stats = BatchStats()
         self._policy = PolicyRef(version="v0", base_model=self.model_name)
+        self._dtype = dtype
+        self._base_name = self.model_name
+        self._serving_weights = self.model_name  # the base, or a full fine-tune's model dir
+        self._models: dict[str, Any] = {}  # full models loaded so far, by name
         self._active_adapter: str | None = None
         self._merged = False  # whether the active adapter is merged into the base weights
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="selfimprove-batcher", daemon=True)
         self._worker.start()
-        if policy is not None and policy.adapter_path:
+        if policy is not None and (policy.adapter_path or policy.base_model != self.model_name):
             self._submit(_Job("call", [], fn=lambda: self._switch(policy))).result()
 
     def __repr__(self) -> str:
@@ -372,6 +376,37 @@ class TransformersBackend(Backend):
             self.model.unmerge_adapter()
             self._merged = False
 
+    @staticmethod
+    def _same_model(a: str, b: str) -> bool:
+        from selfimprove.models import resolve_model
+
+        return a == b or resolve_model(a) == resolve_model(b)
+
+    def _use_weights(self, policy: PolicyRef, name: str) -> None:
+        """Serve the full model ``name``: the base, or a full fine-tune's weights.
+
+        Models are kept once loaded, so switching back and forth reloads nothing; LoRA
+        adapters live on the base model only.
+        """
+        if self._same_model(name, self._serving_weights):
+            return
+        key = self._base_name if self._same_model(name, self._base_name) else name
+        self._models[self._serving_weights] = self.model
+        model = self._models.get(key)
+        if model is None:
+            from selfimprove.models import load_causal_lm
+
+            try:
+                model = load_causal_lm(key, dtype=self._dtype, device=str(self.device))
+            except Exception as exc:  # noqa: BLE001 - the previous policy keeps serving
+                raise PolicyError(
+                    f"cannot load policy {policy.version} (a full model at {key}): {exc}; "
+                    f"still serving {self._policy.version}"
+                ) from exc
+            model.eval()
+        self.model = model
+        self._serving_weights = key
+
     def _switch(self, policy: PolicyRef) -> None:
         """Activate ``policy``'s adapter (loading it once) or the bare base model.
 
@@ -380,12 +415,20 @@ class TransformersBackend(Backend):
         third on a CPU); switching unmerges it first, so the base weights come back.
         """
         if policy.adapter_path is None:
-            self._unmerge()
-            self._active_adapter = None
+            self._use_weights(policy, policy.base_model)
+            if self._serving_weights == self._base_name:
+                self._unmerge()
+                self._active_adapter = None
             self._policy = policy
             return
+        if not self._same_model(policy.base_model, self._base_name):
+            raise PolicyError(
+                f"cannot load policy {policy.version}: its adapter is for "
+                f"'{policy.base_model}', but this backend serves '{self._base_name}'"
+            )
         from pathlib import Path
 
+        self._use_weights(policy, self._base_name)
         name = policy.version
         loaded = getattr(self.model, "peft_config", {})
         try:

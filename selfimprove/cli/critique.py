@@ -67,7 +67,8 @@ def harvest_into_store(results: list[CritiqueResult], run_dir: Path, out) -> Non
     import uuid
     from datetime import datetime, timezone
 
-    from selfimprove.harvest import HarvestConfig, harvest
+    from selfimprove.config import HarvestConfig
+    from selfimprove.harvest import harvest
     from selfimprove.store import PreferenceStore
 
     store = PreferenceStore(run_dir)
@@ -87,8 +88,7 @@ def harvest_into_store(results: list[CritiqueResult], run_dir: Path, out) -> Non
 
 
 async def _run(cfg: CritiqueConfig, prompts, *, as_json: bool) -> list[CritiqueResult]:
-    from selfimprove.backends.factory import close_roles
-    from selfimprove.graph.critique import iter_critiques
+    from selfimprove.critique_loop.graph import iter_critiques
     from selfimprove.render import print_result
     from selfimprove.wiring import make_context
 
@@ -102,5 +102,5 @@ async def _run(cfg: CritiqueConfig, prompts, *, as_json: bool) -> list[CritiqueR
             else:
                 print_result(result)
     finally:
-        await close_roles(ctx.roles)
+        await ctx.roles.aclose()
     return [r for r in out if r is not None]

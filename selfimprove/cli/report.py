@@ -23,28 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     # Imported here: the report pulls in pydantic models of the gate, and plots need matplotlib.
-    from selfimprove.report import (
-        CYCLES_DIR,
-        ReportError,
-        load_baseline,
-        load_cycles,
-        load_summary,
-        write_report,
-    )
+    from selfimprove.report import ReportError, write_report
+    from selfimprove.rundir import RunDir
 
-    run_dir: Path = args.run_dir
-    cycles = load_cycles(run_dir)
+    run = RunDir(args.run_dir)
+    cycles = run.load_cycles()
     if not cycles:
         raise ReportError(
-            f"{run_dir}: no finished cycles to report on "
-            f"(expected {CYCLES_DIR}/cycle-0001.json, … written by `selfimprove run`)"
+            f"{run.path}: no finished cycles to report on "
+            f"(expected {run.cycle_path(1)}, … written by `selfimprove run`)"
         )
-    out = write_report(
-        run_dir,
-        cycles,
-        args.out,
-        baseline=load_baseline(run_dir),
-        summary=load_summary(run_dir),
-    )
+    out = write_report(run, cycles, args.out)
     print(f"wrote {out} ({len(cycles)} cycles)")
     return 0

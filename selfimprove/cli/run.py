@@ -37,7 +37,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from selfimprove.cycle import run
+    from selfimprove.runner import run
 
     if args.resume and (args.config or args.run_dir):
         raise SystemExit("error: --resume takes the run directory alone (its config is saved)")

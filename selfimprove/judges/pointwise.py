@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from pydantic import BaseModel
-
 from selfimprove.backends.base import Backend
+from selfimprove.constitution import RubricItem
 from selfimprove.errors import ParseError
 from selfimprove.judges.base import parse_choice, two_way_probability
 from selfimprove.prompts import user
 from selfimprove.types import SamplingParams
 
 YES_NO = ("Yes", "No")
-
-
-class RubricItem(BaseModel):
-    points: int
-    criterion: str
 
 
 class PointwiseJudge:
@@ -34,6 +28,7 @@ class PointwiseJudge:
         *,
         use_logprobs: bool = True,
         max_attempts: int = 2,
+        sampling: SamplingParams | None = None,
     ) -> None:
         if not rubric:
             raise ValueError("a pointwise rubric needs at least one item")
@@ -41,6 +36,7 @@ class PointwiseJudge:
         self.rubric = rubric
         self.use_logprobs = use_logprobs
         self.max_attempts = max_attempts
+        self.sampling = sampling or SamplingParams(max_new_tokens=8)
 
     @property
     def max_score(self) -> int:
@@ -67,8 +63,11 @@ class PointwiseJudge:
 
     async def _generated(self, conv) -> float | None:
         for attempt in range(self.max_attempts):
-            params = SamplingParams(max_new_tokens=8, temperature=0.7 if attempt else 0.0,
-                                    seed=attempt)
+            # Later attempts sample, so a retry can produce a different answer.
+            params = self.sampling.model_copy(update={
+                "temperature": 0.7 if attempt else self.sampling.temperature,
+                "seed": (self.sampling.seed or 0) + attempt, "n": 1,
+            })
             ((completion,),) = await self.backend.generate([conv], params)
             try:
                 return 1.0 if parse_choice(completion.text, YES_NO).choice == "Yes" else 0.0

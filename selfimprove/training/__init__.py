@@ -18,7 +18,7 @@ from selfimprove.training.config import LoraSettings, TrainConfig, load_train_co
 if TYPE_CHECKING:
     from selfimprove.training.common import TrainResult
     from selfimprove.training.dpo import train_dpo
-    from selfimprove.training.run import load_store_data, train_policy
+    from selfimprove.training.policy import load_store_data, train_policy
     from selfimprove.training.sft import train_sft
 
 __all__ = [
@@ -36,8 +36,8 @@ _LAZY = {
     "TrainResult": "selfimprove.training.common",
     "train_dpo": "selfimprove.training.dpo",
     "train_sft": "selfimprove.training.sft",
-    "train_policy": "selfimprove.training.run",
-    "load_store_data": "selfimprove.training.run",
+    "train_policy": "selfimprove.training.policy",
+    "load_store_data": "selfimprove.training.policy",
 }
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from selfimprove.training.run import main
+from selfimprove.training.policy import main
 
 sys.exit(main())

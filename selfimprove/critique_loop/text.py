@@ -1,4 +1,4 @@
-"""Small helpers shared by nodes."""
+"""Text helpers of the critique loop: seeds, failed-check notes, trimming."""
 
 from __future__ import annotations
 
@@ -32,11 +32,15 @@ def trim_to_sentence(text: str) -> str:
     return text[: ends[-1]].rstrip() if ends else text
 
 
-def word_budget_tokens(constitution, default: int) -> int:
-    """A reviser token budget that fits the constitution's tightest ``max_words`` check.
-
-    About one token per word leaves room for the ~1.3 tokens/word of English text to land
-    under the limit once the cut-off sentence is trimmed.
-    """
+def word_limit(constitution) -> int | None:
+    """The constitution's tightest hard ``max_words`` limit, if it has one."""
     limits = [c.value for c in constitution.checks if c.kind == "max_words" and c.hard]
-    return min([default, *limits]) if limits else default
+    return min(limits) if limits else None
+
+
+def trim_to_words(text: str, limit: int) -> str:
+    """The first ``limit`` words, then back to the last full sentence inside them (if any)."""
+    words = text.split()
+    if len(words) <= limit:
+        return text.strip()
+    return trim_to_sentence(" ".join(words[:limit]))

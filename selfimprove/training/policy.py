@@ -29,7 +29,16 @@ from selfimprove.types import PolicyRef
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["describe", "load_store_data", "main", "train", "train_policy"]
+__all__ = [
+    "add_train_arguments",
+    "commit",
+    "describe",
+    "load_store_data",
+    "main",
+    "run_training",
+    "train",
+    "train_policy",
+]
 
 
 def train(
@@ -60,36 +69,65 @@ def train_policy(
     parent: str | None = None,
     promote: bool = False,
     progress: bool = True,
-    tags: Mapping[str, Any] | None = None,
+    cycle: int | None = None,
     trainer: Callable[..., TrainResult] | None = None,
 ) -> tuple[PolicyRef, TrainResult]:
     """Train ``cfg.method`` from ``parent`` (default: current) and commit the next version.
 
     A run that fails leaves no version behind (its staging directory is removed); the new
-    version is current only when ``promote`` is true. ``tags`` are stored with the training
-    config (the cycle graph tags each version with its cycle); ``trainer`` replaces
-    :func:`train` (same arguments), e.g. in tests.
+    version is current only when ``promote`` is true. ``cycle`` records which improvement
+    cycle trained the version; ``trainer`` replaces :func:`train` (same arguments), e.g. in
+    tests.
     """
     parent_ref = registry.get(parent) if parent else registry.current()
     staging = registry.staging_dir()
+    result = _train_staged(registry, staging, parent_ref, dataset, cfg, progress, trainer)
+    ref = commit(registry, staging, parent_ref, cfg, data, result, promote=promote, cycle=cycle)
+    return ref, result.model_copy(update={"adapter_dir": Path(ref.adapter_path or ref.base_model)})
+
+
+def _train_staged(
+    registry: PolicyRegistry | None,
+    staging: Path,
+    parent: PolicyRef,
+    dataset: datasets.Dataset,
+    cfg: TrainConfig,
+    progress: bool,
+    trainer: Callable[..., TrainResult] | None = None,
+) -> TrainResult:
+    """Train into ``staging``; a failure removes it (on the process that owns the registry)."""
     try:
-        result = (trainer or train)(
-            cfg.method, parent_ref.base_model, parent_ref, dataset, cfg, staging, progress
+        return (trainer or train)(
+            cfg.method, parent.base_model, parent, dataset, cfg, staging, progress
         )
     except BaseException:
-        registry.discard(staging)
+        if registry is not None:
+            registry.discard(staging)
         raise
+
+
+def commit(
+    registry: PolicyRegistry,
+    staging: Path,
+    parent: PolicyRef,
+    cfg: TrainConfig,
+    data: Iterable[DataUsed | Mapping[str, Any]],
+    result: TrainResult,
+    *,
+    promote: bool,
+    cycle: int | None = None,
+) -> PolicyRef:
+    """Commit a trained staging directory as the next version (and promote it if asked)."""
     ref = registry.commit(
         staging,
-        parent=parent_ref.version,
+        parent=parent.version,
         method=cfg.method,
         data=data,
-        train_config=cfg.model_dump(mode="json") | dict(tags or {}),
+        train_config=cfg.model_dump(mode="json"),
         metrics=result.metrics,
+        cycle=cycle,
     )
-    if promote:
-        ref = registry.promote(ref.version)
-    return ref, result.model_copy(update={"adapter_dir": Path(ref.adapter_path or ref.base_model)})
+    return registry.promote(ref.version) if promote else ref
 
 
 def load_store_data(run_dir: Path, method: Method) -> tuple[datasets.Dataset, list[DataUsed]]:
@@ -98,14 +136,28 @@ def load_store_data(run_dir: Path, method: Method) -> tuple[datasets.Dataset, li
     from selfimprove.store import PreferenceStore
 
     store = PreferenceStore(run_dir, readonly=True)
-    kind = "pairs" if method == "dpo" else "sft"
-    dataset = store.pairs_dataset() if method == "dpo" else store.sft_dataset()
+    dataset, shards = store.training_data(method)
     if len(dataset) == 0:
-        raise StoreError(f"{store.dir}: no {kind} rows to train {method.upper()} on")
-    used = [
-        DataUsed(name=s.name, rows=s.rows, kind=s.kind) for s in store.shards() if s.kind == kind
-    ]
-    return dataset, used
+        raise StoreError(f"{store.dir}: no rows to train {method.upper()} on")
+    return dataset, [DataUsed(name=s.name, rows=s.rows, kind=s.kind) for s in shards]
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training flags, shared by ``selfimprove train`` and ``python -m selfimprove.training``
+    (each has a TrainConfig key or says what it selects)."""
+    parser.add_argument("--config", type=Path, help="YAML with TrainConfig fields")
+    parser.add_argument("--max-steps", type=int, help="optimizer steps (key: max_steps)")
+    parser.add_argument("--learning-rate", type=float, help="learning rate (key: learning_rate)")
+    parser.add_argument(
+        "--parent", metavar="VERSION", help="start from this version (default: current)"
+    )
+    parser.add_argument(
+        "--promote",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="make the new version current (default: yes)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,42 +167,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--method", choices=("dpo", "sft"), required=True)
-    parser.add_argument("--config", type=Path, help="YAML with TrainConfig fields")
-    parser.add_argument("--parent", help="version to start from (default: current)")
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument(
-        "--promote",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="make the new version current (default: yes)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_train_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m selfimprove.training`` and ``accelerate launch -m``."""
+    from selfimprove.errors import SelfImproveError
+
+    try:
+        return run_training(_parser().parse_args(argv))
+    except SelfImproveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_training(args: argparse.Namespace) -> int:
+    """Train ``args.method`` on ``args.run_dir``'s store, in one process or under accelerate.
+
+    Every process trains; only the main process opens the registry, creates the staging
+    directory (its path is broadcast to the others) and commits the version.
+    """
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
     from selfimprove.errors import SelfImproveError
 
-    args = _parser().parse_args(argv)
+    # Config and data errors surface before a model is loaded, the same on every process.
+    cfg = load_train_config(
+        args.config,
+        args.method,
+        {"max_steps": args.max_steps, "learning_rate": args.learning_rate},
+    )
+    dataset, used = load_store_data(args.run_dir, args.method)
     # Initialised here (the trainer reuses it): the staging path must be shared before training.
     # ``accelerate launch --cpu`` (or ACCELERATE_USE_CPU=1 under torchrun) selects gloo on CPUs.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     registry: PolicyRegistry | None = None
-    try:  # the same on every process: config and data errors end all of them
-        cfg = load_train_config(
-            args.config,
-            args.method,
-            {"max_steps": args.max_steps, "learning_rate": args.learning_rate},
-        )
-        dataset, used = load_store_data(args.run_dir, args.method)
-    except SelfImproveError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     shared: list[Any] = [None, None, None]  # staging dir, parent, error
     if state.is_main_process:
         try:
@@ -162,35 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     if state.num_processes > 1:
         broadcast_object_list(shared, from_process=0)  # the others wait here for the main one
     if shared[2] is not None:
-        if state.is_main_process:
-            print(f"error: {shared[2]}", file=sys.stderr)
-        return 2
+        raise SelfImproveError(shared[2])
     staging, parent = Path(shared[0]), PolicyRef.model_validate(shared[1])
-    try:
-        result = train(
-            args.method,
-            parent.base_model,
-            parent,
-            dataset,
-            cfg,
-            staging,
-            progress=not args.no_progress,
-        )
-    except BaseException:
-        if registry is not None:
-            registry.discard(staging)
-        raise
+    result = _train_staged(registry, staging, parent, dataset, cfg, not args.no_progress)
     if registry is not None:
-        ref = registry.commit(
-            staging,
-            parent=parent.version,
-            method=args.method,
-            data=used,
-            train_config=cfg.model_dump(mode="json"),
-            metrics=result.metrics,
-        )
-        if args.promote:
-            registry.promote(ref.version)
+        ref = commit(registry, staging, parent, cfg, used, result, promote=args.promote)
         print(describe(ref.version, args.promote, args.method, parent.version, result))
     return 0
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from selfimprove.graph.state import CritiqueContext, CritiqueState
-from selfimprove.nodes.common import failed_checks_text, trim_to_sentence, word_budget_tokens
+from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
+from selfimprove.critique_loop.text import failed_checks_text
 from selfimprove.prompts import user
 from selfimprove.types import RoundRecord
 
@@ -23,19 +23,18 @@ async def refine(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Cri
         failed_checks=failed_checks_text(state.get("checks", [])),
         requests=" ".join(by_id[i].revision for i in crit.principle_ids),
     )
-    sampling = ctx.roles.reviser_sampling
-    budget = word_budget_tokens(ctx.constitution, sampling.max_new_tokens)
-    params = sampling.model_copy(update={"max_new_tokens": budget})
-    ((out,),) = await ctx.roles.reviser.generate([conv], params)
-    text = trim_to_sentence(out.text) if out.finish_reason == "length" else out.text
+    # The reviser gets its full budget and the checks judge the result: capping the budget at
+    # a length limit would make every revision pass by truncation, whatever the critique said.
+    ((out,),) = await ctx.roles.reviser.generate([conv], ctx.roles.reviser_sampling)
     # An empty revision would be worse than none: keep the current response then.
-    revision = text or state["response"]
+    revision = out.text or state["response"]
     record = RoundRecord(
         round=state.get("round", 0),
         response=state["response"],
         checks=state.get("checks", []),
         critique=crit,
         revision=revision,
+        revision_truncated=bool(out.text) and out.finish_reason == "length",
     )
     return {
         "response": revision,

@@ -6,33 +6,20 @@ import asyncio
 
 from langgraph.runtime import Runtime
 
-from selfimprove.graph.cycle_state import CycleContext, CycleState
-from selfimprove.nodes.cycle.common import timed
+from selfimprove.improvement_cycle.state import CycleContext, CycleState
+from selfimprove.improvement_cycle.timing import timed
 from selfimprove.registry import DataUsed
 from selfimprove.types import PolicyRef
 
 
-def _existing(ctx: CycleContext, cycle: int, method: str) -> str | None:
-    """A version already committed for this cycle and method (by a run that then crashed)."""
-    for rec in ctx.registry.versions():
-        cfg = rec.train_config or {}
-        if cfg.get("cycle") == cycle and rec.method == method:
-            return rec.version
-    return None
-
-
 def _train_one(ctx: CycleContext, cycle: int, method: str, parent: PolicyRef) -> tuple[str, dict]:
-    from selfimprove.training.run import train_policy
+    from selfimprove.training.policy import train_policy
 
-    store = ctx.store
-    dataset = store.pairs_dataset() if method == "dpo" else store.sft_dataset()
-    kind = "pairs" if method == "dpo" else "sft"
-    used = [DataUsed(name=s.name, rows=s.rows, kind=s.kind) for s in store.shards()
-            if s.kind == kind]
-    cfg = ctx.cfg.dpo if method == "dpo" else ctx.cfg.sft
+    dataset, shards = ctx.store.training_data(method)
+    used = [DataUsed(name=s.name, rows=s.rows, kind=s.kind) for s in shards]
     ref, result = train_policy(
-        ctx.registry, dataset, cfg, data=used, parent=parent.version, progress=False,
-        tags={"cycle": cycle}, trainer=ctx.trainer,
+        ctx.registry, dataset, ctx.cfg.train_config(method), data=used, parent=parent.version,
+        progress=False, cycle=cycle, trainer=ctx.trainer,
     )
     return ref.version, dict(result.metrics)
 
@@ -45,11 +32,11 @@ async def train(state: CycleState, runtime: Runtime[CycleContext]) -> CycleState
     metrics: dict = {}
     with timed(seconds, "training"):
         for method in ctx.cfg.schedule.methods:
-            rows = len(ctx.store.pairs_dataset() if method == "dpo" else ctx.store.sft_dataset())
+            rows = len(ctx.store.training_data(method)[0])
             if rows == 0:
                 ctx.progress("train", f"no {method.upper()} rows yet: skipped")
                 continue
-            version = _existing(ctx, c, method)
+            version = ctx.registry.trained_in(c, method)
             if version is None:
                 ctx.progress("train", f"{method.upper()} on {rows} rows from {parent.version}")
                 version, m = await asyncio.to_thread(_train_one, ctx, c, method, parent)
@@ -69,4 +56,4 @@ async def train(state: CycleState, runtime: Runtime[CycleContext]) -> CycleState
 
 
 def route_after_train(state: CycleState) -> str:
-    return "evaluate" if state.get("candidate") else "record"
+    return "gate" if state.get("candidate") else "record"

@@ -7,40 +7,33 @@ import asyncio
 from langgraph.runtime import Runtime
 
 from selfimprove.checks import passes, run_checks
-from selfimprove.graph.state import CritiqueContext, CritiqueState
-from selfimprove.judges import PairwiseJudge, PointwiseJudge, RubricItem
+from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
 
 
 async def judge(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> CritiqueState:
     ctx = runtime.context
-    cons = ctx.constitution
     update: CritiqueState = {"verdict": None}
     tasks = []
     if state.get("rounds"):
         # The first round checked the first response already; no need to run the checks again.
         first_ok = passes(state["rounds"][0].checks)
         final_ok = passes(state.get("checks", []))
-        pairwise = PairwiseJudge(
-            ctx.roles.judge,
-            cons.judge.pairwise,
-            use_logprobs=ctx.judge_logprobs,
-            judge_when_checks_decide=ctx.judge_when_checks_decide,
-        )
         tasks.append(
-            pairwise.compare(
+            ctx.pairwise_judge().compare(
                 state["prompt"], state["first_response"], state["response"],
                 a_passes=first_ok, b_passes=final_ok, labels=("original", "revision"),
             )
         )
     samples = state.get("samples") or []
-    if samples and cons.judge.pointwise:
-        rubric = [RubricItem(points=i.points, criterion=i.criterion) for i in cons.judge.pointwise]
-        pointwise = PointwiseJudge(ctx.roles.judge, rubric, use_logprobs=ctx.judge_logprobs)
+    pointwise = ctx.pointwise_judge() if samples else None
+    if pointwise is not None:
         tasks += [pointwise.score(state["prompt"], s) for s in samples]
     results = await asyncio.gather(*tasks)
     if state.get("rounds"):
         update["verdict"], results = results[0], results[1:]
     if samples:
         update["sample_scores"] = list(results) if results else [None] * len(samples)
-        update["sample_checks_passed"] = [passes(run_checks(cons, s)) for s in samples]
+        update["sample_checks_passed"] = [
+            passes(run_checks(ctx.constitution.checks, s)) for s in samples
+        ]
     return update

@@ -6,8 +6,8 @@ import random
 
 from langgraph.runtime import Runtime
 
-from selfimprove.graph.state import CritiqueContext, CritiqueState
-from selfimprove.nodes.common import failed_checks_text, prompt_seed
+from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
+from selfimprove.critique_loop.text import failed_checks_text, prompt_seed
 from selfimprove.prompts import user
 from selfimprove.types import Critique
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from selfimprove.graph.cycle_state import CycleContext, CycleState
+from selfimprove.improvement_cycle.state import CycleContext, CycleState
 from selfimprove.harvest import harvest as harvest_results
 from selfimprove.types import CritiqueResult
 

@@ -1,7 +1,7 @@
-"""The evaluation gate: a candidate policy is promoted only if it beats the incumbent safely.
+"""The gate: a candidate policy is promoted only if it beats the incumbent safely.
 
 Both policies answer the same held-out prompts (greedy by default). The gate then compares them
-on four guards, each optional:
+on these guards, each optional:
 
 - **win rate** of the candidate against the incumbent under the position-swapped pairwise judge
   (ties count half, abstains are left out), with a 95% Wilson interval;
@@ -9,7 +9,11 @@ on four guards, each optional:
 - **length ratio** (mean words, candidate / incumbent) catches "longer looks better" drift;
 - **retention**: the relative increase of the mean per-token NLL on a small fixed set of
   general text (``data/retention.txt``) catches forgetting; measured when the backend has
-  ``sequence_nll``.
+  ``sequence_nll``;
+- **degeneration**: repetition, truncation (hit the token cap without ending) and near-empty
+  rates must not rise beyond a tolerance over the better of the incumbent and the base (v0),
+  and mean length must stay above a floor. A loop whose checks reward saying less would
+  otherwise promote a model that says nothing, or says one sentence seven times.
 
 The judge runs with the base policy (v0) by default, so the yardstick does not move when the
 candidate changes.
@@ -21,30 +25,28 @@ import asyncio
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from functools import cache
-from importlib import resources
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from selfimprove.backends.base import Backend
-from selfimprove.checks import count_words, passes, run_checks
+from selfimprove.backends.served import serve
+from selfimprove.config import GateConfig
 from selfimprove.constitution import Constitution
+from selfimprove.evaluation import PolicyEval, evaluate_policy
+from selfimprove.judges.diagnostics import JudgeDiagnostics, diagnose
 from selfimprove.judges.pairwise import PairwiseJudge
-from selfimprove.types import Message, PolicyRef, SamplingParams, Verdict
+from selfimprove.types import PolicyRef, Verdict
 
 __all__ = [
-    "EvalResult",
-    "GateConfig",
-    "PolicyEval",
+    "GateResult",
     "VerdictCounts",
     "count_verdicts",
-    "decide",
-    "evaluate_policy",
+    "degeneration_reasons",
     "gate",
     "length_ratio",
     "retention_increase",
-    "retention_texts",
+    "thresholds_passed",
     "violation_delta",
     "wilson_interval",
     "win_rate",
@@ -54,47 +56,6 @@ log = logging.getLogger(__name__)
 
 # Float noise must not turn "equal" into "worse" for a threshold of exactly 0.
 _EPS = 1e-9
-
-
-class GateConfig(BaseModel):
-    """Thresholds of the gate; a threshold set to ``None`` is not checked."""
-
-    model_config = ConfigDict(extra="forbid")
-    min_win_rate: float | None = Field(
-        default=0.4, ge=0.0, le=1.0, description="candidate vs incumbent, ties count half"
-    )
-    max_violation_rate_delta: float | None = Field(
-        default=0.0, description="candidate violation rate minus the incumbent's, at most"
-    )
-    max_length_ratio: float | None = Field(
-        default=1.25, gt=0.0, description="mean words, candidate / incumbent, at most"
-    )
-    max_retention_increase: float | None = Field(
-        default=0.05, description="relative increase of the retention NLL, at most"
-    )
-    num_prompts: int = Field(default=32, ge=1, description="held-out prompts per evaluation")
-    sampling: SamplingParams = Field(
-        default_factory=lambda: SamplingParams(max_new_tokens=128, temperature=0.0),
-        description="sampling for the evaluation generations (greedy by default)",
-    )
-    judge_version: Literal["base", "incumbent"] = Field(
-        default="base", description="which policy judges when the judge shares the backend"
-    )
-
-
-class PolicyEval(BaseModel):
-    """One policy's answers to the held-out prompts and what they measure."""
-
-    version: str
-    violation_rate: float = Field(description="share of responses failing a hard check")
-    mean_words: float
-    retention_nll: float | None = Field(
-        default=None, description="mean per-token NLL on the retention texts; None if unmeasured"
-    )
-    n_prompts: int
-    prompts: list[str] = Field(default_factory=list)
-    responses: list[str] = Field(default_factory=list)
-    passes_checks: list[bool] = Field(default_factory=list)
 
 
 class VerdictCounts(BaseModel):
@@ -116,7 +77,7 @@ class VerdictCounts(BaseModel):
         return None if n == 0 else (self.wins + 0.5 * self.ties) / n
 
 
-class EvalResult(BaseModel):
+class GateResult(BaseModel):
     """The gate's measurements and decision for one candidate."""
 
     candidate: PolicyEval
@@ -136,6 +97,7 @@ class EvalResult(BaseModel):
     )
     thresholds: dict[str, Any] = Field(default_factory=dict)
     verdicts: list[Verdict] = Field(default_factory=list, description="a = incumbent, b = cand.")
+    judge: JudgeDiagnostics | None = Field(default=None, description="the judge's reliability")
 
 
 # ---- pure helpers ----------------------------------------------------------------------
@@ -198,20 +160,23 @@ def retention_increase(cand: PolicyEval, inc: PolicyEval) -> float | None:
     return (cand.retention_nll - inc.retention_nll) / inc.retention_nll
 
 
-def decide(
-    cand: PolicyEval, inc: PolicyEval, counts: VerdictCounts, cfg: GateConfig
+def thresholds_passed(
+    cand: PolicyEval, inc: PolicyEval, counts: VerdictCounts, cfg: GateConfig,
+    baseline: PolicyEval | None = None,
 ) -> tuple[bool, list[str]]:
     """Check every configured threshold; return (passed, reasons for each failure)."""
-    reasons, _ = _judge_thresholds(cand, inc, counts, cfg)
+    reasons, _ = _failed_thresholds(cand, inc, counts, cfg, baseline)
     return not reasons, reasons
 
 
-def _judge_thresholds(
-    cand: PolicyEval, inc: PolicyEval, counts: VerdictCounts, cfg: GateConfig
+def _failed_thresholds(
+    cand: PolicyEval, inc: PolicyEval, counts: VerdictCounts, cfg: GateConfig,
+    baseline: PolicyEval | None = None,
 ) -> tuple[list[str], list[str]]:
     """(reasons for failed thresholds, thresholds that could not be measured)."""
     reasons: list[str] = []
     unchecked: list[str] = []
+    reasons += degeneration_reasons(cand, [inc, baseline], cfg)
     if cfg.min_win_rate is not None:
         rate = counts.win_rate
         if rate is None:
@@ -236,6 +201,13 @@ def _judge_thresholds(
                 f"length ratio {ratio:.2f} > {cfg.max_length_ratio:.2f} "
                 f"({inc.mean_words:.1f} -> {cand.mean_words:.1f} words)"
             )
+    if cfg.min_length_ratio is not None:
+        ratio = length_ratio(cand, inc)
+        if ratio is not None and ratio < cfg.min_length_ratio - _EPS:
+            reasons.append(
+                f"length ratio {ratio:.2f} < {cfg.min_length_ratio:.2f} "
+                f"({inc.mean_words:.1f} -> {cand.mean_words:.1f} words)"
+            )
     if cfg.max_retention_increase is not None:
         increase = retention_increase(cand, inc)
         if increase is None:
@@ -248,52 +220,42 @@ def _judge_thresholds(
     return reasons, unchecked
 
 
-# ---- measuring policies ----------------------------------------------------------------
+def degeneration_reasons(
+    cand: PolicyEval, references: Sequence[PolicyEval | None], cfg: GateConfig
+) -> list[str]:
+    """Why ``cand`` degenerates compared with the best of ``references`` (none: it does not).
 
-
-@cache
-def retention_texts() -> tuple[str, ...]:
-    """The fixed general-text paragraphs shipped with the package (one per line)."""
-    raw = resources.files("selfimprove").joinpath("data/retention.txt").read_text("utf-8")
-    return tuple(line.strip() for line in raw.splitlines() if line.strip())
-
-
-async def evaluate_policy(
-    backend: Backend,
-    policy: PolicyRef,
-    prompts: Sequence[str],
-    constitution: Constitution,
-    sampling: SamplingParams,
-    *,
-    retention: Sequence[str] | None = None,
-) -> PolicyEval:
-    """Serve ``policy``, answer every prompt in one batch, run the checks, measure retention.
-
-    ``retention`` defaults to :func:`retention_texts`; an empty sequence skips retention.
+    Each rate may rise by at most its tolerance over the lowest rate among the references, so
+    small rises cannot pile up cycle after cycle; the length floor is absolute.
     """
-    await backend.load_policy(policy)
-    convs = [[Message(role="user", content=p)] for p in prompts]
-    params = sampling.model_copy(update={"n": 1})
-    outputs = await backend.generate(convs, params) if convs else []
-    responses = [out[0].text for out in outputs]
-    ok = [passes(run_checks(constitution, r)) for r in responses]
-    n = len(responses)
-    texts = retention_texts() if retention is None else tuple(retention)
-    nll: float | None = None
-    sequence_nll = getattr(backend, "sequence_nll", None)
-    if texts and callable(sequence_nll):
-        values = await sequence_nll(list(texts))
-        nll = sum(values) / len(values)
-    return PolicyEval(
-        version=policy.version,
-        violation_rate=(n - sum(ok)) / n if n else 0.0,
-        mean_words=sum(count_words(r) for r in responses) / n if n else 0.0,
-        retention_nll=nll,
-        n_prompts=n,
-        prompts=list(prompts),
-        responses=responses,
-        passes_checks=ok,
-    )
+    reasons: list[str] = []
+    refs = [r.degeneration for r in references if r is not None and r.degeneration is not None]
+    stats = cand.degeneration
+    if stats is None:
+        return reasons
+    guards = [
+        ("repetition", "repetition_rate", cfg.max_repetition_increase),
+        ("truncation", "truncation_rate", cfg.max_truncation_increase),
+        ("near-empty", "near_empty_rate", cfg.max_near_empty_increase),
+    ]
+    for name, field, tolerance in guards:
+        value = getattr(stats, field)
+        known = [getattr(r, field) for r in refs if getattr(r, field) is not None]
+        if tolerance is None or value is None or not known:
+            continue
+        best = min(known)
+        if value > best + tolerance + _EPS:
+            reasons.append(
+                f"{name} rate {value:.2f} > {best:.2f} + {tolerance:.2f} (degeneration guard)"
+            )
+    if cfg.min_mean_words is not None and stats.n and stats.mean_words < cfg.min_mean_words:
+        reasons.append(
+            f"mean length {stats.mean_words:.1f} words < floor {cfg.min_mean_words:g}"
+        )
+    return reasons
+
+
+# ---- measuring policies ----------------------------------------------------------------
 
 
 def _reusable(given: PolicyEval, policy: PolicyRef, prompts: Sequence[str]) -> None:
@@ -315,57 +277,47 @@ async def gate(
     constitution: Constitution,
     cfg: GateConfig,
     *,
-    judge_backend: Backend | None = None,
-    base: PolicyRef | None = None,
+    judge: PairwiseJudge | None = None,
     incumbent_eval: PolicyEval | None = None,
+    baseline_eval: PolicyEval | None = None,
     retention: Sequence[str] | None = None,
-) -> EvalResult:
-    """Evaluate ``candidate`` against ``incumbent`` and decide whether to promote it.
+) -> GateResult:
+    """Evaluate ``candidate`` against ``incumbent`` on ``backend`` and decide on promotion.
 
+    ``judge`` compares the answers (default: the constitution's pairwise judge on the bare
+    base model of ``backend``, so the yardstick does not move with the candidate);
     ``incumbent_eval`` (same version, same prompts) is reused instead of generating again;
-    ``retention`` overrides the retention texts (see :func:`evaluate_policy`).
-    When the judge shares ``backend``, it is served ``base`` (v0; the bare base model if not
-    given) or the incumbent, per ``cfg.judge_version``. The backend serves the policy it served
-    before the call when this returns or raises.
+    ``baseline_eval`` (v0's) tightens the degeneration guards; ``retention`` overrides the
+    retention texts (see :func:`evaluate_policy`).
     """
-    previous = backend.policy
-    judge_on = judge_backend or backend
-    try:
-        if incumbent_eval is not None:
-            _reusable(incumbent_eval, incumbent, prompts)
-            inc = incumbent_eval
-        else:
-            inc = await evaluate_policy(
-                backend, incumbent, prompts, constitution, cfg.sampling, retention=retention
-            )
-        cand = await evaluate_policy(
-            backend, candidate, prompts, constitution, cfg.sampling, retention=retention
+    if incumbent_eval is not None:
+        _reusable(incumbent_eval, incumbent, prompts)
+        inc = incumbent_eval
+    else:
+        inc = await evaluate_policy(
+            backend, incumbent, prompts, constitution, cfg.sampling, retention=retention
         )
-        if judge_on is backend:
-            if cfg.judge_version == "base":
-                judge_policy = base or PolicyRef(version="v0", base_model=incumbent.base_model)
-            else:
-                judge_policy = incumbent
-            await backend.load_policy(judge_policy)
-        judge = PairwiseJudge(judge_on, constitution.judge.pairwise)
-        verdicts = list(
-            await asyncio.gather(
-                *(
-                    judge.compare(p, a, b, a_passes=pa, b_passes=pb)
-                    for p, a, b, pa, pb in zip(
-                        prompts, inc.responses, cand.responses, inc.passes_checks,
-                        cand.passes_checks, strict=True,
-                    )
+    cand = await evaluate_policy(
+        backend, candidate, prompts, constitution, cfg.sampling, retention=retention
+    )
+    if judge is None:
+        base = PolicyRef(version="v0", base_model=incumbent.base_model)
+        judge = PairwiseJudge(serve(backend, base), constitution.judge.pairwise)
+    verdicts = list(
+        await asyncio.gather(
+            *(
+                judge.compare(p, a, b, a_passes=pa, b_passes=pb)
+                for p, a, b, pa, pb in zip(
+                    prompts, inc.responses, cand.responses, inc.passes_checks,
+                    cand.passes_checks, strict=True,
                 )
             )
         )
-    finally:
-        if previous is not None and backend.policy != previous:
-            await backend.load_policy(previous)
+    )
     counts = count_verdicts(verdicts, candidate="b")
-    reasons, unchecked = _judge_thresholds(cand, inc, counts, cfg)
+    reasons, unchecked = _failed_thresholds(cand, inc, counts, cfg, baseline_eval)
     rate = counts.win_rate
-    result = EvalResult(
+    result = GateResult(
         candidate=cand,
         incumbent=inc,
         win_rate=rate,
@@ -378,6 +330,7 @@ async def gate(
         unchecked=unchecked,
         thresholds=cfg.model_dump(mode="json"),
         verdicts=verdicts,
+        judge=diagnose(verdicts),
     )
     log.info(
         "gate %s vs %s: win rate %s, %s", candidate.version, incumbent.version,

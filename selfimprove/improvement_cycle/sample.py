@@ -8,7 +8,7 @@ import re
 
 from langgraph.runtime import Runtime
 
-from selfimprove.graph.cycle_state import CycleContext, CycleState
+from selfimprove.improvement_cycle.state import CycleContext, CycleState
 from selfimprove.hashing import prompt_id
 from selfimprove.prompts import user
 from selfimprove.types import SamplingParams
@@ -32,7 +32,8 @@ async def self_generated(ctx: CycleContext, cycle: int, known: set[str]) -> list
     n = ctx.cfg.prompts.self_generated
     params = SamplingParams(max_new_tokens=48, temperature=1.0, top_p=0.95, n=n,
                             seed=ctx.cfg.seed * 1000 + cycle)
-    (samples,) = await ctx.critique.roles.policy.generate([user("self_prompt")], params)
+    writer = ctx.critique_for(ctx.registry.current()).roles.policy
+    (samples,) = await writer.generate([user("self_prompt")], params)
     out: list[tuple[str, str]] = []
     for sample in samples:
         text = sample.text.strip().strip('"').splitlines()[0].strip() if sample.text else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 
 from selfimprove.checks import run_checks
-from selfimprove.graph.state import CritiqueContext, CritiqueState
+from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
 
 
 async def check(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> CritiqueState:

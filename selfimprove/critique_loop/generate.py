@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from selfimprove.graph.state import CritiqueContext, CritiqueState
-from selfimprove.nodes.common import prompt_seed
+from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
+from selfimprove.critique_loop.text import prompt_seed
 from selfimprove.types import Message
 
 

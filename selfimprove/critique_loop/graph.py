@@ -9,14 +9,14 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from selfimprove.graph.state import CritiqueContext, CritiqueInput, CritiqueState
+from selfimprove.critique_loop.check import check
+from selfimprove.critique_loop.critic import critique
+from selfimprove.critique_loop.generate import generate
+from selfimprove.critique_loop.judge import judge
+from selfimprove.critique_loop.refine import refine
+from selfimprove.critique_loop.state import CritiqueContext, CritiqueInput, CritiqueState
 from selfimprove.hashing import prompt_id
-from selfimprove.nodes.check import check
-from selfimprove.nodes.critique import critique
-from selfimprove.nodes.generate import generate
-from selfimprove.nodes.judge import judge
-from selfimprove.nodes.refine import refine
-from selfimprove.types import CritiqueResult
+from selfimprove.types import CritiqueResult, passes
 
 MIN_ROUNDS = 1  # Constitutional AI always revises at least once, even with no failed check
 
@@ -26,7 +26,7 @@ def route_after_check(state: CritiqueState, runtime: Runtime[CritiqueContext]) -
     done = state.get("round", 0)
     if done >= runtime.context.max_rounds:
         return "judge"
-    clean = all(c.passed for c in state.get("checks", []))
+    clean = passes(state.get("checks", []))
     return "judge" if clean and done >= MIN_ROUNDS else "critique"
 
 

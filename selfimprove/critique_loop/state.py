@@ -1,0 +1,83 @@
+"""Critique-graph state (a TypedDict with explicit reducers) and its run-time context."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, TypedDict
+
+from selfimprove.roles import Roles
+from selfimprove.types import CheckResult, Critique, RoundRecord, Verdict
+
+if TYPE_CHECKING:
+    from selfimprove.backends.base import Backend
+    from selfimprove.constitution import Constitution
+    from selfimprove.judges import PairwiseJudge, PointwiseJudge
+
+__all__ = ["CritiqueContext", "CritiqueInput", "CritiqueState", "Roles"]
+
+
+class CritiqueInput(TypedDict):
+    prompt_id: str
+    prompt: str
+
+
+class CritiqueState(TypedDict, total=False):
+    prompt_id: str
+    prompt: str
+    first_response: str
+    response: str  # the current response: the first one, then each revision
+    round: int  # revisions made so far
+    checks: list[CheckResult]  # of the current response
+    critique: Critique | None
+    rounds: Annotated[list[RoundRecord], operator.add]
+    samples: list[str]
+    sample_checks_passed: list[bool]
+    sample_scores: list[float | None]
+    verdict: Verdict | None
+    generated_tokens: Annotated[int, operator.add]
+
+
+@dataclass
+class CritiqueContext:
+    """Everything the critique graph's nodes need besides the state (LangGraph run context)."""
+
+    constitution: Constitution
+    roles: Roles
+    max_rounds: int = 2
+    principles_per_round: int = 1
+    num_samples: int = 0  # extra sampled responses scored pointwise (best-of-N harvesting)
+    judge_logprobs: bool = True
+    judge_when_checks_decide: bool = False  # ask the judge even when the checks decide
+    seed: int = 0
+
+    @property
+    def policy_version(self) -> str:
+        return self.roles.policy_version
+
+    def pairwise_judge(self, backend: Backend | None = None) -> PairwiseJudge:
+        """The constitution's pairwise judge with every judge setting of this context;
+        ``backend`` replaces the judge role's (the gate judges with a fixed version)."""
+        from selfimprove.judges import PairwiseJudge
+
+        return PairwiseJudge(
+            backend or self.roles.judge,  # type: ignore[arg-type]
+            self.constitution.judge.pairwise,
+            use_logprobs=self.judge_logprobs,
+            sampling=self.roles.judge_sampling,
+            judge_when_checks_decide=self.judge_when_checks_decide,
+        )
+
+    def pointwise_judge(self) -> PointwiseJudge | None:
+        """The additive-rubric judge for best-of-N samples; None without a rubric."""
+        from selfimprove.judges import PointwiseJudge
+
+        rubric = self.constitution.judge.pointwise
+        if not rubric:
+            return None
+        return PointwiseJudge(
+            self.roles.judge,  # type: ignore[arg-type]
+            list(rubric),
+            use_logprobs=self.judge_logprobs,
+            sampling=self.roles.judge_sampling,
+        )

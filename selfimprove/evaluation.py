@@ -1,0 +1,104 @@
+"""Measuring one policy on prompts: its answers, the constitution's checks, retention.
+
+Everything here measures; nothing decides. The gate (:mod:`selfimprove.gate`) compares two of
+these measurements, and ``selfimprove eval`` prints them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+
+from pydantic import BaseModel, Field
+
+from selfimprove.backends.base import Backend
+from selfimprove.backends.served import serve
+from selfimprove.checks import count_words, passes, run_checks
+from selfimprove.constitution import Constitution
+from selfimprove.degeneration import DegenerationStats, degeneration_stats
+from selfimprove.types import CheckResult, Message, PolicyRef, SamplingParams
+
+__all__ = ["PolicyEval", "check_pass_rates", "evaluate_policy", "retention_texts"]
+
+
+class PolicyEval(BaseModel):
+    """One policy's answers to the held-out prompts and what they measure.
+
+    Besides what the loop optimises (the checks), it keeps what training did not target:
+    repetition, truncation at the token cap, near-empty answers, length, retention NLL.
+    """
+
+    version: str
+    violation_rate: float = Field(description="share of responses failing a hard check")
+    mean_words: float
+    retention_nll: float | None = Field(
+        default=None, description="mean per-token NLL on the retention texts; None if unmeasured"
+    )
+    n_prompts: int
+    prompts: list[str] = Field(default_factory=list)
+    responses: list[str] = Field(default_factory=list)
+    passes_checks: list[bool] = Field(default_factory=list)
+    finish_reasons: list[str] = Field(default_factory=list)
+    check_pass_rates: dict[str, float] = Field(
+        default_factory=dict, description="share of responses passing each check, by check id"
+    )
+    degeneration: DegenerationStats | None = None
+
+
+@cache
+def retention_texts() -> tuple[str, ...]:
+    """The fixed general-text paragraphs shipped with the package (one per line)."""
+    raw = resources.files("selfimprove").joinpath("data/retention.txt").read_text("utf-8")
+    return tuple(line.strip() for line in raw.splitlines() if line.strip())
+
+
+async def evaluate_policy(
+    backend: Backend,
+    policy: PolicyRef,
+    prompts: Sequence[str],
+    constitution: Constitution,
+    sampling: SamplingParams,
+    *,
+    retention: Sequence[str] | None = None,
+) -> PolicyEval:
+    """Serve ``policy``, answer every prompt in one batch, run the checks, measure retention.
+
+    ``retention`` defaults to :func:`retention_texts`; an empty sequence skips retention.
+    """
+    served = serve(backend, policy)
+    convs = [[Message(role="user", content=p)] for p in prompts]
+    params = sampling.model_copy(update={"n": 1})
+    outputs = await served.generate(convs, params) if convs else []
+    responses = [out[0].text for out in outputs]
+    finish = [out[0].finish_reason for out in outputs]
+    results = [run_checks(constitution, r) for r in responses]
+    ok = [passes(r) for r in results]
+    n = len(responses)
+    texts = retention_texts() if retention is None else tuple(retention)
+    nll: float | None = None
+    if texts and served.can_measure_nll:
+        values = await served.sequence_nll(list(texts))
+        nll = sum(values) / len(values)
+    return PolicyEval(
+        version=policy.version,
+        violation_rate=(n - sum(ok)) / n if n else 0.0,
+        mean_words=sum(count_words(r) for r in responses) / n if n else 0.0,
+        retention_nll=nll,
+        n_prompts=n,
+        prompts=list(prompts),
+        responses=responses,
+        passes_checks=ok,
+        finish_reasons=finish,
+        check_pass_rates=check_pass_rates(results),
+        degeneration=degeneration_stats(responses, finish),
+    )
+
+
+def check_pass_rates(results: Sequence[Sequence[CheckResult]]) -> dict[str, float]:
+    """Share of responses passing each check, by check id (in the checks' order)."""
+    passed: dict[str, int] = {}
+    for checks in results:
+        for c in checks:
+            passed[c.check_id] = passed.get(c.check_id, 0) + int(c.passed)
+    return {cid: k / len(results) for cid, k in passed.items()}

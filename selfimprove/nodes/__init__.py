@@ -1,1 +1,0 @@
-"""Graph nodes, one per file: each is ``state -> partial state`` and does no storage I/O."""

@@ -1,0 +1,265 @@
+"""Run the improvement cycle durably in a run directory: validate, start or resume, finish.
+
+Everything that can be checked before writing is checked before writing: the constitution,
+the prompts and their held-out split, the model. A run that fails later leaves ``status.json``
+saying so, and ``--resume`` continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfimprove.config import RunConfig, load_config
+from selfimprove.constitution import Constitution, load_constitution
+from selfimprove.errors import ConfigError, SelfImproveError
+from selfimprove.improvement_cycle.graph import build_cycle_graph
+from selfimprove.improvement_cycle.state import Arm, CycleContext
+from selfimprove.roles import Roles
+from selfimprove.rundir import RunDir
+from selfimprove.store import is_heldout, seed_salt
+
+__all__ = ["build_context", "load_run_config", "prepare", "run", "run_cycles"]
+
+THREAD = {"configurable": {"thread_id": "improvement-cycle"}}
+
+
+def resolve_prompt_path(cfg: RunConfig, config_path: Path | None) -> RunConfig:
+    """Make a relative prompt path absolute: relative to the working directory if it exists
+    there, else to the config file's directory; a bare name of packaged prompts stays."""
+    from selfimprove.sources import packaged_prompts
+
+    path = cfg.prompts.path
+    if path is None or Path(path).is_absolute():
+        return cfg
+    candidates = [Path(path)]
+    if config_path is not None:
+        candidates.append(config_path.parent / path)
+    found = next((p for p in candidates if p.exists()), None)
+    if found is None:
+        if packaged_prompts(path) is not None:
+            return cfg
+        tried = ", ".join(str(p.resolve()) for p in candidates)
+        raise ConfigError(config_path or "<config>", f"prompt file not found (tried {tried})",
+                          field="prompts.path")
+    prompts = cfg.prompts.model_copy(update={"path": str(found.resolve())})
+    return cfg.model_copy(update={"prompts": prompts})
+
+
+def load_run_config(run: RunDir) -> RunConfig:
+    if not run.holds_run():
+        raise SelfImproveError(f"{run.path} holds no run to resume (no {RunDir.CONFIG})")
+    return load_config(run.config_path, RunConfig)
+
+
+def load_run_prompts(cfg: RunConfig) -> list[tuple[str, str]]:
+    from selfimprove.sources import load_dataset_prompts, load_prompts
+
+    if cfg.prompts.path is not None:
+        return load_prompts(cfg.prompts.path, cfg.prompts.field)
+    assert cfg.prompts.dataset is not None
+    return load_dataset_prompts(cfg.prompts.dataset, cfg.prompts.split, cfg.prompts.field)
+
+
+@dataclass
+class Prepared:
+    """What a run needs that can be checked before anything is written."""
+
+    cfg: RunConfig
+    constitution: Constitution
+    train_prompts: list[tuple[str, str]]
+    heldout_prompts: list[tuple[str, str]]
+
+
+def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
+    """Load and check the constitution, the prompts, their split and the model; write nothing.
+
+    ``where`` names the config in errors.
+    """
+    from selfimprove.models import EMBEDDED_NAME, embedded_gguf, resolve_model
+
+    constitution = load_constitution(cfg.critique.constitution)
+    prompts = load_run_prompts(cfg)
+    salt = seed_salt(cfg.seed)
+    heldout = [p for p in prompts if is_heldout(p[1], salt, cfg.heldout_fraction)]
+    train = [p for p in prompts if not is_heldout(p[1], salt, cfg.heldout_fraction)]
+    if not train or not heldout:
+        raise ConfigError(
+            where,
+            f"{len(prompts)} prompts split into {len(train)} for training and "
+            f"{len(heldout)} held out: both need at least one (add prompts or change "
+            "heldout_fraction)",
+            field="heldout_fraction",
+        )
+    backend = cfg.critique.roles.policy.backend
+    if backend is not None and backend.kind != "openai":
+        # A missing local model or package fails here, not after the run directory exists.
+        embedded_gguf() if backend.model == EMBEDDED_NAME else resolve_model(backend.model)
+    return Prepared(cfg, constitution, train, heldout)
+
+
+def _summary(cfg: RunConfig) -> dict[str, Any]:
+    backend = cfg.critique.roles.policy.backend
+    return {
+        "constitution": cfg.critique.constitution,
+        "model": backend.model if backend else None,
+        "cycles": cfg.cycles,
+        "prompts per cycle": cfg.batch_size,
+        "training": "+".join(cfg.schedule.methods),
+        "control arm": cfg.control.kind if cfg.control.enabled else "off",
+        "seed": cfg.seed,
+    }
+
+
+def build_context(
+    prepared: Prepared,
+    run: RunDir,
+    *,
+    roles: Roles | None = None,
+    trainer: Callable[..., Any] | None = None,
+    progress: Callable[[str, str], None] | None = None,
+    arm: Arm = "loop",
+) -> CycleContext:
+    from selfimprove.registry import PolicyRegistry
+    from selfimprove.store import PreferenceStore
+    from selfimprove.wiring import critique_context, make_roles
+
+    cfg = prepared.cfg
+    store = PreferenceStore(run.path, heldout_fraction=cfg.heldout_fraction,
+                            salt=seed_salt(cfg.seed))
+    assert cfg.critique.roles.policy.backend is not None
+    registry = PolicyRegistry(run.path, base_model=cfg.critique.roles.policy.backend.model)
+    if roles is None:
+        roles = make_roles(cfg.critique.roles)
+    return CycleContext(
+        cfg=cfg,
+        run=run,
+        store=store,
+        registry=registry,
+        critique=critique_context(cfg.critique, prepared.constitution, roles, seed=cfg.seed),
+        train_prompts=prepared.train_prompts,
+        heldout_prompts=prepared.heldout_prompts,
+        trainer=trainer,
+        progress=progress or (lambda stage, msg: None),
+        arm=arm,
+    )
+
+
+async def run_cycles(ctx: CycleContext, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or continue) the cycle graph to the end; returns the final state."""
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    limit = {"recursion_limit": 16 * ctx.cfg.cycles + 16}
+    if not ctx.cfg.durable:
+        graph = build_cycle_graph()
+        return await graph.ainvoke({"cycle": 0}, {**THREAD, **limit}, context=ctx)
+    async with AsyncSqliteSaver.from_conn_string(str(ctx.run.checkpoints_path)) as saver:
+        graph = build_cycle_graph(checkpointer=saver)
+        snapshot = await graph.aget_state(THREAD)
+        # Resume from the checkpoint whenever one exists; the state says whether it finished.
+        started = bool(snapshot.values)
+        if started and snapshot.values.get("done") and not snapshot.next:
+            ctx.progress("run", "the run had already finished")
+            return snapshot.values
+        if started and not resume:
+            raise SelfImproveError(f"{ctx.run.path} has checkpoints; use --resume")
+        return await graph.ainvoke(
+            None if started else {"cycle": 0},
+            {**THREAD, **limit},
+            context=ctx,
+            durability="sync",
+        )
+
+
+def _raise_on_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM into KeyboardInterrupt so the run records that it was interrupted."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def run(
+    cfg: RunConfig | None,
+    run_dir: Path | str,
+    *,
+    resume: bool = False,
+    config_path: Path | None = None,
+    roles: Roles | None = None,
+    trainer: Callable[..., Any] | None = None,
+    progress: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """Start a run in ``run_dir`` with ``cfg``, or continue the one there (``resume``).
+
+    With ``cfg.control.enabled`` the control arm then runs in ``run_dir/control`` with the same
+    prompts, seed, training and gate. Returns the loop arm's final state.
+    """
+    run_ = RunDir(run_dir)
+    if resume:
+        cfg = load_run_config(run_)
+        prepared = prepare(cfg, run_.config_path)
+    else:
+        assert cfg is not None
+        cfg = resolve_prompt_path(cfg, config_path)
+        if run_.holds_run():
+            run_.create(cfg, {})  # raises: the directory already holds a run
+        prepared = prepare(cfg, config_path or "<config>")
+        run_.create(cfg, _summary(cfg))
+    arms: list[tuple[Arm, RunDir]] = [("loop", run_)]
+    if cfg.control.enabled:
+        if not run_.control.holds_run():
+            run_.control.create(cfg, _summary(cfg) | {"arm": "control"})
+        arms.append(("control", run_.control))
+    say = progress or (lambda stage, msg: None)
+
+    async def main() -> dict[str, Any]:
+        from selfimprove.wiring import make_roles
+
+        shared = roles or make_roles(cfg.critique.roles)
+        final: dict[str, Any] = {}
+        try:
+            for arm, where in arms:
+                if len(arms) > 1:
+                    say("run", f"{arm} arm in {where.path}")
+                ctx = build_context(prepared, where, roles=shared, trainer=trainer,
+                                    progress=progress, arm=arm)
+                where.set_status("running")
+                state = await run_cycles(ctx, resume=resume or where is not run_)
+                where.set_status("finished")
+                final = final or state
+            if len(arms) > 1:
+                from selfimprove.report import write_report
+
+                write_report(run_)  # the loop's report, now with the control beside it
+        finally:
+            if roles is None:
+                await shared.aclose()
+        return final
+
+    restore = _raise_on_sigterm()
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        _mark(arms, "interrupted", "stopped by a signal; continue with --resume")
+        raise
+    except BaseException as exc:
+        _mark(arms, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        restore()
+
+
+def _mark(arms: list[tuple[Arm, RunDir]], status: str, detail: str) -> None:
+    for _, where in arms:
+        current = where.status()
+        if current is not None and current.status == "running":
+            where.set_status(status, detail)
