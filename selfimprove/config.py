@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from selfimprove.models import DEFAULT_MODEL
 from selfimprove.training.config import TrainConfig
@@ -146,6 +146,11 @@ class CritiqueConfig(Strict):
     max_rounds: int = Field(default=2, ge=1)
     principles_per_round: int = Field(default=1, ge=1)
     num_samples: int = Field(default=0, ge=0, description="extra samples for best-of-N pairs")
+    revision_samples: int = Field(
+        default=1, ge=1,
+        description="revisions sampled per critique (sampler temperature); the first that "
+        "ended on its own and passes the hard checks is kept",
+    )
     judge_logprobs: bool = True
     judge_when_checks_decide: bool = Field(
         default=False, description="also ask the judge when the hard checks decide a pair"
@@ -156,6 +161,23 @@ class CritiqueConfig(Strict):
 
 
 C = TypeVar("C", bound=BaseModel)
+
+
+def validate_overrides(model: type[C], data: dict, flags: dict[str, str]) -> C:
+    """Validate a config with command-line overrides; an invalid value names its flag."""
+    from pydantic import ValidationError
+
+    from selfimprove.errors import ConfigError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"])
+        flag = flags.get(key)
+        where = flag or "<config>"
+        raise ConfigError(where, f"{err['msg']} (got {err.get('input')!r})",
+                          field=None if flag else key) from None
 
 
 def load_config(path: str | Path, model: type[C]) -> C:
@@ -223,8 +245,11 @@ class RunConfig(Strict):
         """The training settings of ``method`` ('dpo' or 'sft')."""
         return self.dpo if method == "dpo" else self.sft
 
-    @model_validator(mode="after")
-    def _methods_match(self) -> RunConfig:
-        if self.dpo.method != "dpo" or self.sft.method != "sft":
-            raise ValueError("dpo.method must be 'dpo' and sft.method must be 'sft'")
-        return self
+    @field_validator("dpo", "sft")
+    @classmethod
+    def _method_matches_key(cls, value: TrainConfig, info: ValidationInfo) -> TrainConfig:
+        # Checked per field, so the error names the key and its line in the YAML.
+        if value.method != info.field_name:
+            raise ValueError(f"{info.field_name}.method must be '{info.field_name}', "
+                             f"got '{value.method}'")
+        return value

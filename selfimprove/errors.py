@@ -35,6 +35,10 @@ class BackendError(SelfImproveError):
     """A backend call failed for good (after any retries)."""
 
 
+class PromptTooLongError(BackendError):
+    """A prompt does not fit the model's context (with the tokens asked for)."""
+
+
 class ParseError(SelfImproveError):
     """A model output could not be parsed into the pydantic model code relies on."""
 

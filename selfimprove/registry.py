@@ -252,8 +252,26 @@ class PolicyRegistry:
         return self._ref(self.record(version))
 
     def current_version(self) -> str:
+        """The promoted version backends serve; a pointer to anything else is an error."""
+        version = self._pointer()
+        status = self._read_record(version).status if version != "v0" else "base"
+        if status not in ("base", "promoted"):
+            raise PolicyError(
+                f"{self.dir / 'current.json'} names {version}, whose status is {status}: only "
+                "a promoted version can be current; promote a version to repair it"
+            )
+        return version
+
+    def _pointer(self) -> str:
         path = self.dir / "current.json"
         if not path.exists():
+            promoted = [r.version for r in self.versions() if r.status == "promoted"]
+            if promoted:
+                raise PolicyError(
+                    f"{path} is missing, but {', '.join(promoted)} "
+                    f"{'was' if len(promoted) == 1 else 'were'} promoted; promote the version "
+                    "that should be current to repair it"
+                )
             return "v0"
         try:
             version = json.loads(path.read_text(encoding="utf-8"))["version"]
@@ -271,6 +289,18 @@ class PolicyRegistry:
             if rec.cycle == cycle and rec.method == method and rec.status != "corrupt":
                 return rec.version
         return None
+
+    def parent_for_training(self, version: str | None = None) -> PolicyRef:
+        """The version to train from (default: current); a rejected one is refused."""
+        if version is None:
+            return self.current()
+        record = self.record(version)
+        if record.status == "rejected":
+            raise PolicyError(
+                f"policy {version} was rejected ({record.reason}); train from a promoted "
+                "version or a candidate instead"
+            )
+        return self._ref(record)
 
     def current(self) -> PolicyRef:
         """The promoted policy (``v0`` until something is promoted)."""

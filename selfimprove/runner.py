@@ -102,7 +102,10 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
     return Prepared(cfg, constitution, train, heldout)
 
 
-def _summary(cfg: RunConfig) -> dict[str, Any]:
+def _summary(prepared: Prepared) -> dict[str, Any]:
+    from selfimprove.improvement_cycle.control import control_kind
+
+    cfg = prepared.cfg
     backend = cfg.critique.roles.policy.backend
     return {
         "constitution": cfg.critique.constitution,
@@ -110,7 +113,8 @@ def _summary(cfg: RunConfig) -> dict[str, Any]:
         "cycles": cfg.cycles,
         "prompts per cycle": cfg.batch_size,
         "training": "+".join(cfg.schedule.methods),
-        "control arm": cfg.control.kind if cfg.control.enabled else "off",
+        "control arm": control_kind(cfg.control, prepared.constitution)
+        if cfg.control.enabled else "off",
         "seed": cfg.seed,
     }
 
@@ -213,11 +217,11 @@ def run(
         if run_.holds_run():
             run_.create(cfg, {})  # raises: the directory already holds a run
         prepared = prepare(cfg, config_path or "<config>")
-        run_.create(cfg, _summary(cfg))
+        run_.create(cfg, _summary(prepared))
     arms: list[tuple[Arm, RunDir]] = [("loop", run_)]
     if cfg.control.enabled:
         if not run_.control.holds_run():
-            run_.control.create(cfg, _summary(cfg) | {"arm": "control"})
+            run_.control.create(cfg, _summary(prepared) | {"arm": "control"})
         arms.append(("control", run_.control))
     say = progress or (lambda stage, msg: None)
 
@@ -230,6 +234,9 @@ def run(
             for arm, where in arms:
                 if len(arms) > 1:
                     say("run", f"{arm} arm in {where.path}")
+                if where is not run_ and where.baseline() is None and run_.baseline():
+                    # Same model, prompts and sampling: the loop's v0 evaluation holds here.
+                    where.save_eval(run_.baseline())  # type: ignore[arg-type]
                 ctx = build_context(prepared, where, roles=shared, trainer=trainer,
                                     progress=progress, arm=arm)
                 where.set_status("running")

@@ -44,8 +44,9 @@ def is_prompt_name(ref: str | Path) -> bool:
 
 
 def load_prompts(path: str | Path, field: str = "prompt") -> list[tuple[str, str]]:
-    """Read ``(id, prompt)`` pairs from a ``.jsonl`` file (``{"prompt": ..., "id": ...}``
-    per line) or a text file (one prompt per line). Blank lines are skipped.
+    """Read ``(id, prompt)`` pairs from a JSON-lines file (``.jsonl``, ``.json`` or
+    ``.ndjson``, any case: ``{"prompt": ..., "id": ...}`` per line) or a text file (one prompt
+    per line). Blank lines are skipped.
 
     A bare name such as ``general`` that is not an existing file names a packaged prompt set.
     """
@@ -58,15 +59,25 @@ def load_prompts(path: str | Path, field: str = "prompt") -> list[tuple[str, str
                 path, f"prompt file not found, nor a packaged prompt set (known: {known})"
             )
         path = packaged
+    if path.is_dir():
+        raise ConfigError(path, "is a directory, not a prompt file (.jsonl or text)")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(path, "prompt file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read the prompt file: {exc.strerror}") from None
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(path, f"not UTF-8 text (byte {exc.start})", line=line) from None
+    json_lines = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
     out: list[tuple[str, str]] = []
     for no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if path.suffix != ".jsonl":
+        if not json_lines:
             out.append((prompt_id(line.strip()), line.strip()))
             continue
         try:

@@ -336,6 +336,7 @@ class PreferenceStore:
         shard_id: str,
         *,
         dropped: Mapping[str, int] | None = None,
+        prompt_ids: Iterable[str] = (),
     ) -> AppendResult:
         """Append one shard of pairs and one of SFT rows, each written atomically.
 
@@ -343,7 +344,9 @@ class PreferenceStore:
         once an append has completed, appending the same id does nothing; after a crash
         part-way, only the missing parts are written. Rows already stored, or repeated in the
         batch, are left out and counted; a kind with no new rows writes no shard. ``dropped``
-        (harvest drop counts) goes to the append's log entry, for :meth:`stats`. Raises
+        (harvest drop counts) goes to the append's log entry, for :meth:`stats`, and so do
+        ``prompt_ids`` (every prompt the append covers, kept or not: see
+        :meth:`harvested_prompt_ids`). Raises
         :class:`StoreError`, writing nothing, if a row is malformed or its prompt is held out.
         """
         if self.readonly:
@@ -386,6 +389,7 @@ class PreferenceStore:
             **result.model_dump(exclude={"skipped"}),
             "created_at": created,
             "dropped": dict(dropped or {}),
+            "prompt_ids": sorted(set(prompt_ids)),
         }
         data = json.dumps(entry, sort_keys=True).encode()
         self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -404,6 +408,10 @@ class PreferenceStore:
                 except (OSError, ValueError) as exc:
                     raise StoreError(f"{path}: unreadable log entry ({exc})") from None
         return sorted(entries, key=lambda e: (e.get("created_at", ""), e.get("shard_id", "")))
+
+    def harvested_prompt_ids(self) -> set[str]:
+        """Prompts some completed append covered (a resumed harvest skips them)."""
+        return {pid for entry in self.harvest_log() for pid in entry.get("prompt_ids", [])}
 
     # -- reading -------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from selfimprove.backends.base import Backend
-from selfimprove.errors import BackendError, PolicyError
+from selfimprove.errors import BackendError, PolicyError, PromptTooLongError
 from selfimprove.types import Completion, Conversation, PolicyRef, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ class TransformersBackend(Backend):
         rows = [conv for conv in conversations for _ in range(params.n)]
         if not rows:
             return []
+        self._check_lengths(conversations, params.max_new_tokens)
         out = await asyncio.wrap_future(self._submit(_Job("generate", rows, params=params)))
         return [out[i * params.n : (i + 1) * params.n] for i in range(len(conversations))]
 
@@ -133,6 +134,7 @@ class TransformersBackend(Backend):
     ) -> list[dict[str, float]]:
         if not conversations:
             return []
+        self._check_lengths(conversations, 1)
         job = _Job("logprobs", list(conversations), options=tuple(options))
         return await asyncio.wrap_future(self._submit(job))
 
@@ -243,6 +245,28 @@ class TransformersBackend(Backend):
             )
             for conv in conversations
         ]
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many tokens the model can attend to (prompt and reply together)."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def _check_lengths(self, conversations: Sequence[Conversation], new_tokens: int) -> None:
+        """Refuse a prompt the model cannot hold, before it reaches the batch.
+
+        Cutting it silently would answer a question nobody asked; past the model's positions
+        generation is garbage or fails deep inside the model, after minutes of work.
+        """
+        limit = self.max_positions
+        if limit is None:
+            return
+        texts = self._chat_texts(conversations)
+        for i, ids in enumerate(self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            if len(ids) + new_tokens > limit:
+                raise PromptTooLongError(
+                    f"conversation {i + 1} has {len(ids)} tokens; with {new_tokens} new tokens "
+                    f"it exceeds the {limit} positions of {self.model_name}: shorten the prompt"
+                )
 
     def _encode(self, texts: list[str], max_length: int | None = None):
         enc = self.tokenizer(
@@ -430,7 +454,6 @@ class TransformersBackend(Backend):
 
         self._use_weights(policy, self._base_name)
         name = policy.version
-        loaded = getattr(self.model, "peft_config", {})
         try:
             if not (Path(policy.adapter_path) / "adapter_config.json").is_file():
                 raise FileNotFoundError(f"no adapter_config.json in {policy.adapter_path}")
@@ -441,9 +464,10 @@ class TransformersBackend(Backend):
                     self.model, policy.adapter_path, adapter_name=name
                 )
                 self.model.eval()
-            elif name not in loaded:
-                self.model.load_adapter(policy.adapter_path, adapter_name=name)
-            self._unmerge()
+            else:
+                self._unmerge()  # before load_adapter: PEFT warns when the model is merged
+                if name not in self.model.peft_config:
+                    self.model.load_adapter(policy.adapter_path, adapter_name=name)
             self.model.set_adapter(name)
             self.model.merge_adapter()
             self._merged = True

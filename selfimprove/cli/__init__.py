@@ -12,7 +12,9 @@ from selfimprove import __version__
 from selfimprove.errors import SelfImproveError
 
 # Command modules, in the order they appear in --help.
-COMMANDS = ("critique", "run", "report", "data", "train", "policies", "constitution")
+COMMANDS = (
+    "critique", "run", "report", "eval", "data", "train", "policies", "constitution"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from selfimprove.config import CritiqueConfig, load_config
+from selfimprove.config import CritiqueConfig, load_config, validate_overrides
+from selfimprove.errors import ConfigError
 from selfimprove.hashing import prompt_id
 from selfimprove.types import CritiqueResult
 
@@ -37,12 +38,16 @@ def config_from_args(args: argparse.Namespace) -> CritiqueConfig:
         "num_samples": args.num_samples,
         "seed": args.seed,
     }
-    cfg = cfg.model_copy(update={k: v for k, v in update.items() if v is not None})
+    data = cfg.model_dump()
+    data.update({k: v for k, v in update.items() if v is not None})
     if args.model:
-        backend = cfg.roles.policy.backend.model_copy(update={"model": args.model})
-        policy = cfg.roles.policy.model_copy(update={"backend": backend})
-        cfg = cfg.model_copy(update={"roles": cfg.roles.model_copy(update={"policy": policy})})
-    return CritiqueConfig.model_validate(cfg.model_dump())
+        data["roles"]["policy"]["backend"]["model"] = args.model
+    return validate_overrides(CritiqueConfig, data, FLAGS)
+
+
+#: config keys set by flags, so an invalid value names the flag
+FLAGS = {"max_rounds": "--max-rounds", "num_samples": "--num-samples", "seed": "--seed",
+         "constitution": "--constitution"}
 
 
 def run_critique(args: argparse.Namespace) -> int:
@@ -54,53 +59,105 @@ def run_critique(args: argparse.Namespace) -> int:
         if args.prompts
         else [(prompt_id(p), p) for p in args.prompt]
     )
-    if args.limit:
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ConfigError("--limit", f"must be at least 1, got {args.limit}")
         prompts = prompts[: args.limit]
-    results = asyncio.run(_run(cfg, prompts, as_json=args.json))
-    if args.store:
-        harvest_into_store(results, args.store, out=sys.stderr if args.json else sys.stdout)
+    empty = [i for i, (_, text) in enumerate(prompts, start=1) if not text.strip()]
+    if empty:
+        raise ConfigError("--prompt", f"prompt {empty[0]} is empty")
+    out = sys.stderr if args.json else sys.stdout
+    harvester = StoreHarvester(args.store, out) if args.store else None
+    if harvester is not None:
+        prompts = harvester.to_do(prompts)
+    asyncio.run(_run(cfg, prompts, as_json=args.json, harvester=harvester))
+    if harvester is not None:
+        harvester.close()
     return 0
 
 
-def harvest_into_store(results: list[CritiqueResult], run_dir: Path, out) -> None:
-    """Harvest pairs and SFT rows into the run's store; held-out prompts are left out."""
-    import uuid
-    from datetime import datetime, timezone
+class StoreHarvester:
+    """Harvests finished critiques into a run's store as they come, a chunk at a time.
 
-    from selfimprove.config import HarvestConfig
-    from selfimprove.harvest import harvest
-    from selfimprove.store import PreferenceStore
+    Each chunk is one idempotent append whose shard id comes from its prompts, so a harvest
+    that is killed and run again skips every prompt already stored and redoes only the chunk
+    that was in flight. Held-out prompts are never critiqued for the store.
+    """
 
-    store = PreferenceStore(run_dir)
-    train = [r for r in results if not store.is_heldout(r.prompt)]
-    harvested = harvest(train, HarvestConfig(strategies=["revision", "best_of_n"]))
-    if held := len(results) - len(train):
-        harvested.dropped["heldout_prompt"] = held
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    shard_id = f"critique-{stamp}-{uuid.uuid4().hex[:6]}"
-    res = store.append(harvested.pairs, harvested.sft, shard_id, dropped=harvested.dropped)
-    drops = ", ".join(f"{k}: {v}" for k, v in sorted(harvested.dropped.items())) or "none"
-    print(
-        f"store {run_dir}: +{res.pairs_written} pairs, +{res.sft_written} SFT rows "
-        f"({res.duplicate_pairs + res.duplicate_sft} duplicates skipped; dropped: {drops})",
-        file=out,
-    )
+    CHUNK = 16
+
+    def __init__(self, run_dir: Path, out) -> None:
+        from selfimprove.store import PreferenceStore
+
+        self.store = PreferenceStore(run_dir)
+        self.run_dir = run_dir
+        self.out = out
+        self.pending: list[CritiqueResult] = []
+        self.totals = {"pairs": 0, "sft": 0, "duplicates": 0}
+        self.dropped: dict[str, int] = {}
+
+    def to_do(self, prompts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        done = self.store.harvested_prompt_ids()
+        held = [p for p in prompts if self.store.is_heldout(p[1])]
+        todo = [p for p in prompts if p[0] not in done and not self.store.is_heldout(p[1])]
+        skipped = len(prompts) - len(todo) - len(held)
+        if held or skipped:
+            print(f"store {self.run_dir}: {len(held)} held-out prompts left out, {skipped} "
+                  "already harvested", file=self.out)
+        return todo
+
+    def add(self, result: CritiqueResult) -> None:
+        self.pending.append(result)
+        if len(self.pending) >= self.CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        import hashlib
+
+        from selfimprove.config import HarvestConfig
+        from selfimprove.harvest import harvest
+
+        if not self.pending:
+            return
+        ids = sorted(r.prompt_id for r in self.pending)
+        shard_id = "critique-" + hashlib.sha256("\0".join(ids).encode()).hexdigest()[:16]
+        harvested = harvest(self.pending, HarvestConfig(strategies=["revision", "best_of_n"]))
+        res = self.store.append(harvested.pairs, harvested.sft, shard_id,
+                                dropped=harvested.dropped, prompt_ids=ids)
+        self.totals["pairs"] += res.pairs_written
+        self.totals["sft"] += res.sft_written
+        self.totals["duplicates"] += res.duplicate_pairs + res.duplicate_sft
+        for k, v in harvested.dropped.items():
+            self.dropped[k] = self.dropped.get(k, 0) + v
+        self.pending = []
+
+    def close(self) -> None:
+        self.flush()
+        drops = ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items())) or "none"
+        print(
+            f"store {self.run_dir}: +{self.totals['pairs']} pairs, +{self.totals['sft']} SFT rows "
+            f"({self.totals['duplicates']} duplicates skipped; dropped: {drops})",
+            file=self.out,
+        )
 
 
-async def _run(cfg: CritiqueConfig, prompts, *, as_json: bool) -> list[CritiqueResult]:
+async def _run(
+    cfg: CritiqueConfig, prompts, *, as_json: bool, harvester: StoreHarvester | None = None
+) -> None:
     from selfimprove.critique_loop.graph import iter_critiques
     from selfimprove.render import print_result
     from selfimprove.wiring import make_context
 
+    if not prompts:
+        return
     ctx = make_context(cfg)
-    out: list[CritiqueResult | None] = [None] * len(prompts)
     try:
-        async for i, result in iter_critiques(prompts, ctx, cfg.max_concurrency):
-            out[i] = result
+        async for _, result in iter_critiques(prompts, ctx, cfg.max_concurrency):
             if as_json:
                 print(result.model_dump_json(), flush=True)
             else:
                 print_result(result)
+            if harvester is not None:
+                harvester.add(result)  # appended a chunk at a time, as prompts finish
     finally:
         await ctx.roles.aclose()
-    return [r for r in out if r is not None]

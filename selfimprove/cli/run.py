@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from selfimprove.config import RunConfig, load_config
+from selfimprove.config import RunConfig, load_config, validate_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         data["critique"]["constitution"] = args.constitution
     if args.model:
         data["critique"]["roles"]["policy"]["backend"]["model"] = args.model
-    return RunConfig.model_validate(data)
+    return validate_overrides(RunConfig, data, FLAGS)
+
+
+#: config keys set by flags, so an invalid value names the flag
+FLAGS = {"cycles": "--cycles", "batch_size": "--batch-size", "seed": "--seed",
+         "critique.constitution": "--constitution",
+         "critique.roles.policy.backend.model": "--model"}
 
 
 def run_command(args: argparse.Namespace) -> int:

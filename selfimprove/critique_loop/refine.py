@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from langgraph.runtime import Runtime
 
+from selfimprove.checks import run_checks
 from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
-from selfimprove.critique_loop.text import failed_checks_text
+from selfimprove.critique_loop.text import failed_checks_text, prompt_seed
 from selfimprove.prompts import user
-from selfimprove.types import RoundRecord
+from selfimprove.types import Completion, RoundRecord, passes
 
 
 async def refine(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> CritiqueState:
@@ -25,7 +28,17 @@ async def refine(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Cri
     )
     # The reviser gets its full budget and the checks judge the result: capping the budget at
     # a length limit would make every revision pass by truncation, whatever the critique said.
-    ((out,),) = await ctx.roles.reviser.generate([conv], ctx.roles.reviser_sampling)
+    params = ctx.roles.reviser_sampling
+    if ctx.revision_samples > 1:
+        # Several revisions of the same critique, the checks pick (rejection sampling on the
+        # revision step): a small reviser rarely gets every rule right on its first try.
+        sampler = ctx.roles.sample_sampling
+        params = params.model_copy(update={
+            "n": ctx.revision_samples, "temperature": sampler.temperature, "top_p": sampler.top_p,
+            "seed": prompt_seed(ctx.seed, state["prompt_id"], "revise", state.get("round", 0)),
+        })
+    (outs,) = await ctx.roles.reviser.generate([conv], params)
+    out = best_revision(outs, ctx)
     # An empty revision would be worse than none: keep the current response then.
     revision = out.text or state["response"]
     record = RoundRecord(
@@ -41,5 +54,13 @@ async def refine(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Cri
         "round": state.get("round", 0) + 1,
         "rounds": [record],
         "critique": None,
-        "generated_tokens": out.num_tokens,
+        "generated_tokens": sum(o.num_tokens for o in outs),
     }
+
+
+def best_revision(outs: Sequence[Completion], ctx: CritiqueContext) -> Completion:
+    """The first revision that ended on its own and passes the hard checks; else the first
+    that ended; else the first (the order is the sampler's, so ties keep it)."""
+    ended = [o for o in outs if o.text.strip() and o.finish_reason == "stop"]
+    clean = [o for o in ended if passes(run_checks(ctx.constitution, o.text))]
+    return (clean or ended or list(outs))[0]

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from selfimprove.checks import run_checks
 from selfimprove.config import ControlConfig
+from selfimprove.constitution import Constitution
 from selfimprove.critique_loop.state import CritiqueContext
 from selfimprove.critique_loop.text import prompt_seed, trim_to_words, word_limit
 from selfimprove.judges import checks_verdict
@@ -26,11 +27,11 @@ from selfimprove.types import CritiqueResult, Message, RoundRecord, Verdict, pas
 __all__ = ["control_kind", "control_results"]
 
 
-def control_kind(cfg: ControlConfig, ctx: CritiqueContext) -> str:
+def control_kind(cfg: ControlConfig, constitution: Constitution) -> str:
     """``cfg.kind``, with ``auto`` resolved: trim when the constitution limits words."""
     if cfg.kind != "auto":
         return cfg.kind
-    return "trim" if word_limit(ctx.constitution) is not None else "best_of_checks"
+    return "trim" if word_limit(constitution) is not None else "best_of_checks"
 
 
 def _result(ctx: CritiqueContext, pid: str, prompt: str, first: str, final: str,
@@ -62,7 +63,7 @@ async def control_results(
     """One result per prompt, made without critic, reviser or judge."""
     convs = [[Message(role="user", content=p)] for _, p in batch]
     policy = ctx.roles.policy
-    if control_kind(cfg, ctx) == "trim":
+    if control_kind(cfg, ctx.constitution) == "trim":
         limit = word_limit(ctx.constitution)
         assert limit is not None, "trim needs a hard max_words check"
         outs = await policy.generate(convs, ctx.roles.policy_sampling)

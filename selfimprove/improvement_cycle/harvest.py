@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from selfimprove.improvement_cycle.state import CycleContext, CycleState
 from selfimprove.harvest import harvest as harvest_results
+from selfimprove.improvement_cycle.state import CycleContext, CycleState
 from selfimprove.types import CritiqueResult
 
 

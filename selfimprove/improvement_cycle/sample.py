@@ -8,8 +8,8 @@ import re
 
 from langgraph.runtime import Runtime
 
-from selfimprove.improvement_cycle.state import CycleContext, CycleState
 from selfimprove.hashing import prompt_id
+from selfimprove.improvement_cycle.state import CycleContext, CycleState
 from selfimprove.prompts import user
 from selfimprove.types import SamplingParams
 

@@ -79,7 +79,7 @@ def train_policy(
     cycle trained the version; ``trainer`` replaces :func:`train` (same arguments), e.g. in
     tests.
     """
-    parent_ref = registry.get(parent) if parent else registry.current()
+    parent_ref = registry.parent_for_training(parent)
     staging = registry.staging_dir()
     result = _train_staged(registry, staging, parent_ref, dataset, cfg, progress, trainer)
     ref = commit(registry, staging, parent_ref, cfg, data, result, promote=promote, cycle=cycle)
@@ -208,7 +208,7 @@ def run_training(args: argparse.Namespace) -> int:
     if state.is_main_process:
         try:
             registry = PolicyRegistry(args.run_dir)
-            parent = registry.get(args.parent) if args.parent else registry.current()
+            parent = registry.parent_for_training(args.parent)
             shared = [str(registry.staging_dir()), parent.model_dump(), None]
         except SelfImproveError as exc:
             shared = [None, None, str(exc)]

@@ -1,0 +1,134 @@
+"""``selfimprove eval RUN_DIR``: measure versions of a run on the same prompts, side by side.
+
+Greedy by default (the run's gate sampling), the same prompts for every version: the held-out
+prompts of the run, or a prompt file. Per version it prints the violation rate and each
+check's pass rate, and what training did not target: repetition, truncation at the token cap,
+near-empty answers, mean length and retention NLL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate versions of a run on held-out or given prompts")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--versions", default="v0,current",
+                   help="comma-separated versions (v0, v3, current, all; default v0,current)")
+    p.add_argument("--prompts", help="a prompt file (JSONL or text) or a packaged prompt set; "
+                   "default: the run's held-out prompts")
+    p.add_argument("--limit", type=int, help="at most this many prompts (key: gate.num_prompts)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=run_eval)
+
+
+def _versions(spec: str, registry) -> list[str]:
+    from selfimprove.errors import SelfImproveError
+
+    out: list[str] = []
+    for name in (s.strip() for s in spec.split(",")):
+        if not name:
+            continue
+        if name == "all":
+            out += [r.version for r in registry.versions() if r.status != "corrupt"]
+        elif name == "current":
+            out.append(registry.current_version())
+        else:
+            registry.get(name)  # raises a clear error for an unknown or corrupt version
+            out.append(name)
+    if not out:
+        raise SelfImproveError("--versions names no version")
+    return list(dict.fromkeys(out))
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from selfimprove.errors import ConfigError
+    from selfimprove.registry import PolicyRegistry
+    from selfimprove.rundir import RunDir
+    from selfimprove.runner import load_run_config, prepare
+    from selfimprove.sources import load_prompts
+
+    run = RunDir(args.run_dir)
+    cfg = load_run_config(run)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit", f"must be at least 1, got {args.limit}")
+    if args.prompts:
+        prompts = [p for _, p in load_prompts(args.prompts)]
+        source = str(args.prompts)
+    else:
+        prepared = prepare(cfg, run.config_path)
+        prompts = [p for _, p in prepared.heldout_prompts]
+        source = "held-out prompts of the run"
+    prompts = prompts[: args.limit or cfg.gate.num_prompts]
+    registry = PolicyRegistry(run.path)
+    versions = _versions(args.versions, registry)
+    evals = asyncio.run(_evaluate(cfg, registry, versions, prompts))
+    if args.json:
+        print(json.dumps({"source": source, "prompts": len(prompts),
+                          "versions": [_summary(e) for e in evals]}, indent=2))
+    else:
+        _print_table(evals, source)
+    return 0
+
+
+async def _evaluate(cfg, registry, versions, prompts):
+    from selfimprove.constitution import load_constitution
+    from selfimprove.evaluation import evaluate_policy
+    from selfimprove.wiring import make_roles
+
+    constitution = load_constitution(cfg.critique.constitution)
+    roles = make_roles(cfg.critique.roles)
+    try:
+        return [
+            await evaluate_policy(roles.policy, registry.get(v), prompts, constitution,
+                                  cfg.gate.sampling)
+            for v in versions
+        ]
+    finally:
+        await roles.aclose()
+
+
+def _summary(e) -> dict:
+    d = e.degeneration
+    return {
+        "version": e.version,
+        "prompts": e.n_prompts,
+        "violation_rate": e.violation_rate,
+        "check_pass_rates": e.check_pass_rates,
+        "repetition_rate": d.repetition_rate if d else None,
+        "truncation_rate": d.truncation_rate if d else None,
+        "near_empty_rate": d.near_empty_rate if d else None,
+        "mean_words": e.mean_words,
+        "median_words": d.median_words if d else None,
+        "retention_nll": e.retention_nll,
+    }
+
+
+def _print_table(evals, source: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(value, spec=".2f"):
+        return "–" if value is None else format(value, spec)
+
+    table = Table(title=f"{len(evals[0].prompts) if evals else 0} {source}, greedy")
+    columns = ["version", "violations", "repeats itself", "hit token cap", "near-empty",
+               "mean words", "retention NLL"]
+    checks = sorted({cid for e in evals for cid in e.check_pass_rates})
+    for col in columns + [f"pass {c}" for c in checks]:
+        table.add_column(col, justify="left" if col == "version" else "right")
+    for e in evals:
+        s = _summary(e)
+        table.add_row(
+            e.version, fmt(s["violation_rate"]), fmt(s["repetition_rate"]),
+            fmt(s["truncation_rate"]), fmt(s["near_empty_rate"]), fmt(s["mean_words"], ".1f"),
+            fmt(s["retention_nll"], ".3f"),
+            *(fmt(e.check_pass_rates.get(c)) for c in checks),
+        )
+    Console().print(table)
