@@ -30,6 +30,7 @@ from typing import Any, Literal
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from selfimprove.adapters import read_adapter_config
 from selfimprove.atomic import fsync_dir, write_json
 from selfimprove.errors import PolicyError
 from selfimprove.models import DEFAULT_MODEL
@@ -40,7 +41,6 @@ __all__ = ["DataUsed", "EvalRecord", "PolicyRecord", "PolicyRegistry"]
 POLICIES = "policies"
 STAGING_PREFIX = ".staging-"
 _VERSION = re.compile(r"^v(\d+)$")
-_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 Status = Literal["base", "candidate", "promoted", "rejected", "corrupt"]
 
@@ -194,23 +194,11 @@ class PolicyRegistry:
     def _check_files(self, version: str, folder: Path, record: PolicyRecord) -> None:
         """Raise :class:`PolicyError` unless ``folder`` holds the weights ``record`` names."""
         if record.artifact == "adapter":
-            adapter = folder / "adapter"
-            config_path = adapter / "adapter_config.json"
             try:
-                config = json.loads(config_path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise PolicyError(
-                    f"policy {version} is corrupt: {config_path} is missing"
-                ) from None
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise PolicyError(
-                    f"policy {version} is corrupt: {config_path} is not JSON ({exc})"
-                ) from None
-            if not any((adapter / name).is_file() for name in _WEIGHT_FILES):
-                raise PolicyError(
-                    f"policy {version} is corrupt: no adapter weights "
-                    f"({' or '.join(_WEIGHT_FILES)}) in {adapter}"
-                )
+                config = read_adapter_config(folder / "adapter", version)
+            except PolicyError as exc:
+                raise PolicyError(str(exc).replace(f"policy {version}:",
+                                                   f"policy {version} is corrupt:", 1)) from None
             named = config.get("base_model_name_or_path")
             accepted = {record.base_model, self._resolve_base(record.base_model)}
             if named not in accepted:

@@ -97,6 +97,7 @@ def make_adapter(root, name, rank=8):
     path = root / name
     path.mkdir()
     (path / "adapter_config.json").write_text(json.dumps({"r": rank}))
+    (path / "adapter_model.safetensors").write_bytes(b"")  # the check needs weights present
     return str(path)
 
 

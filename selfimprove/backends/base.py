@@ -5,7 +5,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from selfimprove.errors import PolicyError
 from selfimprove.types import Completion, Conversation, PolicyRef, SamplingParams
+
+
+def refuse_full_model(backend: str, policy: PolicyRef) -> None:
+    """Raise for a full fine-tune on a backend that can only switch LoRA adapters.
+
+    Such a version has no adapter, so serving "its" base model would silently serve v0.
+    """
+    if policy.adapter_path is None and policy.version != "v0":
+        raise PolicyError(
+            f"policy {policy.version} is a full fine-tune (weights in {policy.base_model}); "
+            f"{backend} switches LoRA adapters on its base model only: start it on that "
+            "model directory instead"
+        )
 
 
 class Backend(ABC):

@@ -52,7 +52,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from selfimprove.backends.base import Backend
+from selfimprove.backends.base import Backend, refuse_full_model
 from selfimprove.errors import BackendError
 from selfimprove.types import Completion, Conversation, PolicyRef, SamplingParams
 
@@ -447,6 +447,7 @@ class OpenAIBackend(Backend):
         A policy without an adapter switches back to the base model. On failure the previous
         policy keeps serving.
         """
+        refuse_full_model("an OpenAI-compatible server", policy)
         previous = self._model
         if policy.adapter_path is None:
             target = self.base_model

@@ -23,6 +23,7 @@ from typing import Any
 
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from selfimprove.adapters import read_adapter_config
 from selfimprove.backends.base import Backend
 from selfimprove.errors import BackendError, PolicyError, PromptTooLongError
 from selfimprove.types import Completion, Conversation, PolicyRef, SamplingParams
@@ -450,13 +451,11 @@ class TransformersBackend(Backend):
                 f"cannot load policy {policy.version}: its adapter is for "
                 f"'{policy.base_model}', but this backend serves '{self._base_name}'"
             )
-        from pathlib import Path
 
         self._use_weights(policy, self._base_name)
         name = policy.version
         try:
-            if not (Path(policy.adapter_path) / "adapter_config.json").is_file():
-                raise FileNotFoundError(f"no adapter_config.json in {policy.adapter_path}")
+            read_adapter_config(policy.adapter_path, name)
             if not hasattr(self.model, "peft_config"):
                 from peft import PeftModel
 

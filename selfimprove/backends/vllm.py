@@ -9,16 +9,16 @@ per-prompt sampling params and adapters; vLLM's scheduler does the batching from
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfimprove.backends.base import Backend
+from selfimprove.adapters import read_adapter_config
+from selfimprove.backends.base import Backend, refuse_full_model
 from selfimprove.backends.openai import logprobs_for_options
-from selfimprove.errors import BackendError
+from selfimprove.errors import BackendError, PolicyError
 from selfimprove.types import Completion, Conversation, PolicyRef, SamplingParams
 
 __all__ = ["VLLMBackend"]
@@ -172,6 +172,7 @@ class VLLMBackend(Backend):
         On failure the previous policy keeps serving. Requests already submitted finish on the
         policy they started with.
         """
+        refuse_full_model("the in-process vLLM backend", policy)
         serving = self._policy.version if self._policy else "the base model"
         try:
             lora = self._lora_request(policy)
@@ -203,11 +204,10 @@ class VLLMBackend(Backend):
         where = f"policy '{policy.version}' (adapter {policy.adapter_path})"
         if not self.enable_lora:
             raise BackendError(f"{where}: this VLLMBackend was built with enable_lora=False")
-        config_path = Path(policy.adapter_path) / "adapter_config.json"
         try:
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise BackendError(f"{where}: cannot read {config_path.name}: {exc}") from None
+            config = read_adapter_config(policy.adapter_path, policy.version)
+        except PolicyError as exc:
+            raise BackendError(f"{where}: {exc}") from None
         rank = int(config.get("r") or 0)
         if rank > self.max_lora_rank:
             raise BackendError(

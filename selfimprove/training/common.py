@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from selfimprove.adapters import read_adapter_config
 from selfimprove.errors import PolicyError
 from selfimprove.training.config import Method, TrainConfig, trl_field_names
 from selfimprove.types import PolicyRef
@@ -112,8 +113,7 @@ def build_model(base_model: str, parent: PolicyRef, cfg: TrainConfig):
         from peft import PeftModel
 
         path = Path(parent.adapter_path)
-        if not (path / "adapter_config.json").is_file():
-            raise PolicyError(f"policy {parent.version}: no adapter_config.json in {path}")
+        read_adapter_config(path, parent.version)
         if cfg.lora is None:
             return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), tokenizer, None
         peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
