@@ -18,8 +18,8 @@ from pathlib import Path
 
 from selfimprove.backends.transformers import TransformersBackend
 from selfimprove.config import RunConfig, load_config
-from selfimprove.cycle import run
-from selfimprove.graph.state import Roles
+from selfimprove.roles import Roles
+from selfimprove.runner import run
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "configs" / "concise-cpu.yaml"
 
@@ -44,13 +44,21 @@ def time_checkpoints() -> dict[str, float]:
     return spent
 
 
-def one_cycle(cfg: RunConfig, backend: TransformersBackend, durable: bool) -> dict:
-    roles = Roles(
+def config_roles(cfg: RunConfig, backend: TransformersBackend) -> Roles:
+    """Every role on ``backend`` (loaded once), with the config's sampling for each."""
+    r = cfg.critique.roles
+    return Roles(
         policy=backend,
-        policy_sampling=cfg.critique.roles.policy.sampling,
-        critic_sampling=cfg.critique.roles.critic.sampling,
-        reviser_sampling=cfg.critique.roles.reviser.sampling,
+        policy_sampling=r.policy.sampling,
+        critic_sampling=r.critic.sampling,
+        reviser_sampling=r.reviser.sampling,
+        sample_sampling=r.sampler.sampling,
+        judge_sampling=r.judge.sampling,
     )
+
+
+def one_cycle(cfg: RunConfig, backend: TransformersBackend, durable: bool) -> dict:
+    roles = config_roles(cfg, backend)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-cycle-"))
     start = time.perf_counter()
     state = run(cfg.model_copy(update={"durable": durable}), run_dir / "run", roles=roles)
@@ -66,7 +74,10 @@ def main() -> None:
     args = parser.parse_args()
     base = load_config(CONFIG, RunConfig)
     gate = base.gate.model_copy(update={"num_prompts": args.prompts})
-    cfg = base.model_copy(update={"cycles": 1, "batch_size": args.prompts, "gate": gate})
+    # one cycle of the loop arm only: the control arm would run a second cycle after it
+    control = base.control.model_copy(update={"enabled": False})
+    cfg = base.model_copy(update={"cycles": 1, "batch_size": args.prompts, "gate": gate,
+                                  "control": control})
     backend = TransformersBackend(max_batch_size=32, max_wait_ms=30)
     spent = time_checkpoints()
     durable = one_cycle(cfg, backend, durable=True)

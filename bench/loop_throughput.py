@@ -20,16 +20,17 @@ from pathlib import Path
 from selfimprove.backends.transformers import TransformersBackend
 from selfimprove.config import RunConfig, load_config
 from selfimprove.constitution import load_constitution
-from selfimprove.graph import CritiqueContext, Roles, critique_many
+from selfimprove.critique_loop import CritiqueContext, critique_many
+from selfimprove.roles import Roles
 from selfimprove.sources import load_prompts
 from selfimprove.types import Message, SamplingParams
+from selfimprove.wiring import critique_context
 
 # The main job's settings, so the benchmark measures the loop that `make demo` runs.
 MAIN_JOB = load_config(Path(__file__).resolve().parent.parent / "examples/configs/concise-cpu.yaml",
                        RunConfig)
-POLICY = MAIN_JOB.critique.roles.policy.sampling
-CRITIC = MAIN_JOB.critique.roles.critic.sampling
-REVISER = MAIN_JOB.critique.roles.reviser.sampling
+ROLES = MAIN_JOB.critique.roles
+POLICY = ROLES.policy.sampling
 
 
 def raw_generate(backend: TransformersBackend, prompts: list[str], batch: int) -> dict:
@@ -58,13 +59,18 @@ def raw_generate(backend: TransformersBackend, prompts: list[str], batch: int) -
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
+def main_job_context(backend: TransformersBackend) -> CritiqueContext:
+    """The main job's critique context (every loop and judge setting), every role on
+    ``backend``."""
+    roles = Roles(policy=backend, policy_sampling=POLICY, critic_sampling=ROLES.critic.sampling,
+                  reviser_sampling=ROLES.reviser.sampling, sample_sampling=ROLES.sampler.sampling,
+                  judge_sampling=ROLES.judge.sampling)
+    constitution = load_constitution(MAIN_JOB.critique.constitution)
+    return critique_context(MAIN_JOB.critique, constitution, roles)
+
+
 def graph_run(backend: TransformersBackend, prompts: list[str], *, naive: bool) -> dict:
-    ctx = CritiqueContext(
-        constitution=load_constitution("concise"),
-        roles=Roles(policy=backend, policy_sampling=POLICY, critic_sampling=CRITIC,
-                    reviser_sampling=REVISER),
-        max_rounds=MAIN_JOB.critique.max_rounds,
-    )
+    ctx = main_job_context(backend)
 
     async def main():
         if not naive:

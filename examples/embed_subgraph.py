@@ -15,7 +15,7 @@ from typing import TypedDict
 from langgraph.graph import END, START, StateGraph
 
 from selfimprove.config import CritiqueConfig
-from selfimprove.graph import CritiqueContext, build_critique_graph
+from selfimprove.critique_loop import CritiqueContext, build_critique_graph
 from selfimprove.hashing import prompt_id
 from selfimprove.wiring import make_context
 
@@ -53,7 +53,14 @@ async def answer(question: str, ctx: CritiqueContext) -> AgentState:
 def main() -> None:
     question = sys.argv[1] if len(sys.argv) > 1 else "How do I get better sleep?"
     ctx = make_context(CritiqueConfig(constitution="concise", max_rounds=1))
-    state = asyncio.run(answer(question, ctx))
+
+    async def answer_and_close() -> AgentState:
+        try:
+            return await answer(question, ctx)
+        finally:
+            await ctx.roles.aclose()  # the backends make_context loaded
+
+    state = asyncio.run(answer_and_close())
     print("first answer:\n", state["first_response"], "\n")
     print("after critique and revision:\n", state["response"])
 

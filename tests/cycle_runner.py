@@ -11,13 +11,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from selfimprove.cycle import CONFIG_FILE, run  # noqa: E402
+from selfimprove.rundir import RunDir  # noqa: E402
+from selfimprove.runner import run  # noqa: E402
 from tests.scripted_cycle import fake_trainer, load_cfg, make_roles  # noqa: E402
 
 
 def main() -> None:
     work, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    if (run_dir / CONFIG_FILE).exists():
+    if RunDir(run_dir).holds_run():
         run(None, run_dir, resume=True, roles=make_roles(), trainer=fake_trainer)
     else:
         run(load_cfg(work / "run.yaml"), run_dir, roles=make_roles(), trainer=fake_trainer)

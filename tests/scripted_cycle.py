@@ -13,7 +13,7 @@ from pathlib import Path
 
 from selfimprove.backends.scripted import ScriptedBackend
 from selfimprove.config import RunConfig
-from selfimprove.graph.state import Roles
+from selfimprove.roles import Roles
 from selfimprove.training.common import TrainResult
 
 CONSTITUTION = """
@@ -25,9 +25,9 @@ principles:
     critique: Is it brief?
     revision: Make it brief.
 checks:
-  - id: max_5_words
+  - id: max_12_words
     kind: max_words
-    value: 5
+    value: 12
 judge:
   pairwise: Pick the better response.
   pointwise:
@@ -35,8 +35,11 @@ judge:
       criterion: It is brief.
 """
 
-LONG = "this answer is far too long for the rule"
-SHORT = "short answer"
+# Both read like answers (no repetition, not near-empty, above the gate's length floor);
+# only LONG breaks the 12-word limit.
+LONG = ("This answer goes on for far too long, well past what the rule allows anyone "
+        "to write here.")
+SHORT = "A short answer that still says everything it needs to."
 PROMPTS = [f"question number {i}?" for i in range(24)]
 
 

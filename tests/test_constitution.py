@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.checks import passes, run_checks
+from selfimprove.checks import run_checks
 from selfimprove.cli.constitution import register
 from selfimprove.constitution import (
     ENV_VAR,
@@ -24,6 +24,7 @@ from selfimprove.constitution import (
     search_dirs,
 )
 from selfimprove.errors import ConfigError
+from selfimprove.types import passes
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "constitutions"

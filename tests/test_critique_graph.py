@@ -9,9 +9,9 @@ import pytest
 
 from selfimprove.backends.scripted import ScriptedBackend
 from selfimprove.constitution import load_constitution
-from selfimprove.graph import CritiqueContext, Roles, build_critique_graph, critique_many
-from selfimprove.graph.critique import to_result
-from selfimprove.types import SamplingParams
+from selfimprove.critique_loop import CritiqueContext, Roles, build_critique_graph, critique_many
+from selfimprove.critique_loop.graph import to_result
+from selfimprove.types import Completion, SamplingParams
 
 CONSTITUTION = """
 name: tiny
@@ -100,6 +100,7 @@ async def test_exact_transitions_until_clean(constitution):
     assert result.first_response == LONG and result.final_response == SHORT
     assert [r.round for r in result.rounds] == [0]
     assert result.rounds[0].critique.failed_checks == ["max_5_words"]
+    assert not result.rounds[0].revision_truncated  # the revision ended on its own
     assert result.final_passes
 
 
@@ -218,3 +219,60 @@ async def test_many_prompts_run_concurrently(constitution):
     results = await critique_many(prompts, make_ctx(constitution, backend))
     assert [r.prompt for r in results] == prompts
     assert all(r.verdict.winner == "b" for r in results)
+
+
+class CutRevisions(ScriptedBackend):
+    """Records the sampling of every call by kind; revisions end at the token budget."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.params: dict[str, list[SamplingParams]] = {}
+
+    async def generate(self, conversations, params) -> list[list[Completion]]:
+        text = user_text(conversations[0])
+        kind = next((k for k in ("Revision request", "Critique request",
+                                 "Which response is better", "Does the response meet")
+                     if k in text), "answer")
+        self.params.setdefault(kind, []).append(params)
+        out = await super().generate(conversations, params)
+        if kind == "Revision request":
+            out = [[c.model_copy(update={"finish_reason": "length"}) for c in row] for row in out]
+        return out
+
+
+async def test_the_reviser_gets_its_full_budget_and_a_cut_revision_is_marked(constitution):
+    revision = "a revision that runs on well past the five word limit and is cut"
+    backend = CutRevisions(responder(revision), prefer(SHORT))
+    ctx = make_ctx(constitution, backend, max_rounds=1)
+    ctx.roles.reviser_sampling = SamplingParams(max_new_tokens=128)
+    _, state = await run_steps(ctx)
+    # not capped at the constitution's word limit: the checks judge the revision instead
+    assert {p.max_new_tokens for p in backend.params["Revision request"]} == {128}
+    (rec,) = state["rounds"]
+    assert rec.revision == revision and state["response"] == revision  # not trimmed
+    assert rec.revision_truncated
+    assert not all(c.passed for c in state["checks"])
+
+
+async def test_judges_use_every_judge_setting_of_the_context(constitution):
+    def respond(conv, params):
+        text = user_text(conv)
+        if "Which response is better" in text:
+            a_part = text.split("Response A:")[1].split("Response B:")[0]
+            return "A" if SHORT in a_part else "B"
+        if "Does the response meet" in text:
+            return "Yes"
+        return SHORT if params.temperature > 0 else responder(SHORT)(conv, params)
+
+    constitution.checks.clear()  # the judge decides
+    backend = CutRevisions(respond, prefer(SHORT))  # it could score, but logprobs are off
+    ctx = make_ctx(constitution, backend, num_samples=2, judge_logprobs=False,
+                   judge_when_checks_decide=True)
+    ctx.roles.judge_sampling = SamplingParams(max_new_tokens=7)
+    assert ctx.pairwise_judge().judge_when_checks_decide
+    _, state = await run_steps(ctx)
+    assert state["verdict"].decided_by == "judge"
+    assert state["sample_scores"] == [1.0, 1.0]
+    assert not any(kind == "logprobs" for kind, _ in backend.calls)
+    for kind in ("Which response is better", "Does the response meet"):
+        assert {p.max_new_tokens for p in backend.params[kind]} == {7}, kind

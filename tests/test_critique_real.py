@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from selfimprove.constitution import load_constitution
-from selfimprove.graph import CritiqueContext, Roles, critique_many
+from selfimprove.critique_loop import CritiqueContext, Roles, critique_many
 from selfimprove.types import SamplingParams
 
 pytestmark = pytest.mark.slow

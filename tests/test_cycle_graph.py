@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.cycle import run
 from selfimprove.errors import SelfImproveError
 from selfimprove.registry import PolicyRegistry
+from selfimprove.runner import run
 from selfimprove.store import PreferenceStore
 from tests.scripted_cycle import fake_trainer, load_cfg, make_roles, write_inputs
 
@@ -91,9 +91,10 @@ def test_self_generated_prompts_are_deduplicated(tmp_path):
     import asyncio
 
     from selfimprove.backends.scripted import ScriptedBackend
-    from selfimprove.cycle import build_context
-    from selfimprove.graph.state import Roles
-    from selfimprove.nodes.cycle.sample import _normalized, self_generated
+    from selfimprove.improvement_cycle.sample import _normalized, self_generated
+    from selfimprove.roles import Roles
+    from selfimprove.rundir import RunDir
+    from selfimprove.runner import build_context, prepare
     from tests.scripted_cycle import PROMPTS
 
     questions = iter(["How do magnets work?", "how do magnets work", "Not a question.",
@@ -104,8 +105,8 @@ def test_self_generated_prompts_are_deduplicated(tmp_path):
 
     cfg = load_cfg(write_inputs(tmp_path))
     cfg = cfg.model_copy(update={"prompts": cfg.prompts.model_copy(update={"self_generated": 6})})
-    ctx = build_context(cfg, tmp_path / "run", roles=Roles(policy=ScriptedBackend(respond)),
-                        trainer=fake_trainer)
+    ctx = build_context(prepare(cfg), RunDir(tmp_path / "run"),
+                        roles=Roles(policy=ScriptedBackend(respond)), trainer=fake_trainer)
     known = {_normalized(p) for _, p in ctx.train_prompts + ctx.heldout_prompts}
     new = asyncio.run(self_generated(ctx, 0, known))
     texts = [t for _, t in new]
@@ -113,3 +114,75 @@ def test_self_generated_prompts_are_deduplicated(tmp_path):
                 if not ctx.store.is_heldout(q)]
     assert texts == expected
     assert all(pid.startswith("self-") for pid, _ in new)
+
+
+def _with_model(cfg, model: str):
+    roles = cfg.critique.roles
+    backend = roles.policy.backend.model_copy(update={"model": model})
+    policy = roles.policy.model_copy(update={"backend": backend})
+    critique = cfg.critique.model_copy(
+        update={"roles": roles.model_copy(update={"policy": policy})}
+    )
+    return cfg.model_copy(update={"critique": critique})
+
+
+def _late_errors(tmp_path: Path):
+    """(name, broken config, config path, message) for errors found only after loading."""
+    cfg = load_cfg(write_inputs(tmp_path)).model_copy(update={"cycles": 1})
+    one_prompt = tmp_path / "one.jsonl"
+    one_prompt.write_text(json.dumps({"id": "q0", "prompt": "question number 0?"}) + "\n")
+
+    def with_prompts(path: str):
+        return cfg.model_copy(update={"prompts": cfg.prompts.model_copy(update={"path": path})})
+
+    return cfg, [
+        ("empty held-out split", with_prompts(str(one_prompt)), None, "held out"),
+        ("missing prompt file", with_prompts("missing.jsonl"), tmp_path / "run.yaml",
+         "prompt file not found"),
+        ("missing local model", _with_model(cfg, "./no-such-model"), None, "no-such-model"),
+        ("missing constitution", cfg.model_copy(update={"critique": cfg.critique.model_copy(
+            update={"constitution": str(tmp_path / "absent.yaml")})}), None, "absent.yaml"),
+    ]
+
+
+def test_config_errors_found_late_write_nothing_and_the_run_can_start_after_fixing(tmp_path):
+    good, cases = _late_errors(tmp_path)
+    run_dir = tmp_path / "run"
+    for name, broken, config_path, message in cases:
+        with pytest.raises(SelfImproveError, match=message):
+            run(broken, run_dir, config_path=config_path, roles=make_roles(),
+                trainer=fake_trainer)
+        leftovers = sorted(p.name for p in run_dir.rglob("*")) if run_dir.exists() else []
+        assert leftovers == [], f"{name}: {leftovers}"
+    # the same command, fixed, starts the run in the same directory
+    state = run(good, run_dir, config_path=tmp_path / "run.yaml", roles=make_roles(),
+                trainer=fake_trainer)
+    assert [r["cycle"] for r in state["records"]] == [1]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+def test_control_arm_runs_after_the_loop_in_its_own_directory(tmp_path):
+    from selfimprove.config import ControlConfig
+    from selfimprove.rundir import RunDir
+
+    control = ControlConfig(enabled=True, kind="trim")
+    run_dir, state, stages = run_scripted(tmp_path, control=control)
+    loop, ctrl = RunDir(run_dir), RunDir(run_dir / "control")
+    # the loop arm is the same run as without the control, and it is what run() returns
+    assert [r["decision"] for r in state["records"]] == ["promoted", "rejected", "rejected"]
+    assert [c.cycle for c in loop.load_cycles()] == [1, 2, 3]
+    # the control arm: a run directory of its own, with its own store, registry and cycles
+    assert ctrl.holds_run() and ctrl.summary()["arm"] == "control"
+    assert [c.cycle for c in ctrl.load_cycles()] == [1, 2, 3]
+    assert ctrl.status().status == "finished" and loop.status().status == "finished"
+    assert (run_dir / "control" / "checkpoints.sqlite").is_file()
+    assert PolicyRegistry(run_dir / "control").current_version() == "v1"
+    # trimmed first answers (within the word limit) were the control's preferred responses
+    first = ctrl.load_cycles()[0]
+    assert first.pairs_kept == 6 and first.candidate == "v1" and first.decision == "promoted"
+    chosen = {row[0]["content"] for row in
+              PreferenceStore(run_dir / "control").pairs_dataset()["chosen"]}
+    assert chosen and all(len(text.split()) <= 12 for text in chosen)
+    assert any(msg == f"control arm in {run_dir / 'control'}" for _, msg in stages)
+    report = (run_dir / "report.md").read_text()
+    assert "Loop vs control" in report and "control: v1" in report

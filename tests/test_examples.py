@@ -46,7 +46,7 @@ async def test_embed_subgraph_example_with_scripted_backend():
 
     from selfimprove.backends.scripted import ScriptedBackend
     from selfimprove.constitution import load_constitution
-    from selfimprove.graph import CritiqueContext, Roles
+    from selfimprove.critique_loop import CritiqueContext, Roles
 
     def respond(conv, params):
         return "Sleep at fixed times." if "Revision request" in conv[-1].content else (
@@ -66,7 +66,7 @@ async def test_embed_subgraph_example_with_scripted_backend():
 @pytest.mark.slow
 async def test_embed_subgraph_example_on_embedded_model(embedded_backend):
     from selfimprove.constitution import load_constitution
-    from selfimprove.graph import CritiqueContext, Roles
+    from selfimprove.critique_loop import CritiqueContext, Roles
     from selfimprove.types import SamplingParams
 
     roles = Roles(policy=embedded_backend, policy_sampling=SamplingParams(max_new_tokens=24),

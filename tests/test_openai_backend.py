@@ -538,6 +538,26 @@ async def test_unload_previous_adapter(fault):
     assert [c.body for c in fault.calls("/v1/unload_lora_adapter")] == [{"lora_name": "v1"}]
 
 
+async def test_bound_versions_called_together_each_reach_their_model(fault):
+    from selfimprove.backends.served import serve
+
+    v0 = PolicyRef(version="v0", base_model="base-model")
+    v1 = PolicyRef(version="v1", adapter_path="/adapters/v1")
+    backend = backend_for(fault.url)
+    try:
+        jobs = [serve(backend, v).generate([conv(f"q{i}")], SamplingParams())
+                for i in range(4) for v in (v1, v0)]
+        outs = await asyncio.gather(*jobs)
+    finally:
+        await backend.aclose()
+    assert [out[0][0].text for out in outs] == ["reply to v1", "reply to base-model"] * 4
+    # the adapter was loaded on the server once, however often the versions alternated
+    assert [c.body for c in fault.calls(LOAD)] == [
+        {"lora_name": "v1", "lora_path": "/adapters/v1"}
+    ]
+    assert sorted(c.body["model"] for c in fault.calls(CHAT)) == ["base-model"] * 4 + ["v1"] * 4
+
+
 # ----- a real server: transformers serve on the embedded model -----
 
 

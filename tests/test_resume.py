@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from selfimprove.registry import PolicyRegistry
 from selfimprove.store import PreferenceStore
@@ -81,3 +84,61 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
     assert fingerprint(run_dir) == expected
     # training never ran twice for a cycle: one committed version per trained cycle
     assert [v[0] for v in fingerprint(run_dir)["versions"]] == ["v0", "v1", "v2", "v3"]
+
+
+def status_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def test_a_failed_run_says_so_and_resumes_to_the_same_end(tmp_path):
+    from selfimprove.runner import run
+    from tests.scripted_cycle import fake_trainer, load_cfg, make_roles
+
+    write_inputs(tmp_path)
+    cfg = load_cfg(tmp_path / "run.yaml")
+    reference = tmp_path / "reference"
+    run(cfg, reference, roles=make_roles(), trainer=fake_trainer)
+    assert status_of(reference)["status"] == "finished"
+
+    def broken_trainer(*args, **kwargs):
+        raise RuntimeError("the GPU fell off")
+
+    run_dir = tmp_path / "failed"
+    with pytest.raises(RuntimeError, match="fell off"):
+        run(cfg, run_dir, roles=make_roles(), trainer=broken_trainer)
+    status = status_of(run_dir)
+    assert status["status"] == "failed" and "the GPU fell off" in status["detail"]
+    state = run(None, run_dir, resume=True, roles=make_roles(), trainer=fake_trainer)
+    assert len(state["records"]) == 3
+    assert status_of(run_dir)["status"] == "finished"
+    assert fingerprint(run_dir) == fingerprint(reference)
+
+
+def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    write_inputs(work)
+    reference = tmp_path / "reference"
+    finish(work, reference)
+    for attempt in range(5):
+        run_dir = tmp_path / f"terminated-{attempt}"
+        proc = start(work, run_dir)
+        deadline = time.monotonic() + 120
+        while not (run_dir / "cycles" / "cycle-0001.json").exists():  # mid-run: cycle 2 next
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        if status_of(run_dir)["status"] == "finished":
+            continue  # it finished before the signal arrived: try again
+        assert proc.returncode != 0
+        status = status_of(run_dir)
+        assert status["status"] == "interrupted", (status, err.decode()[-3000:])
+        assert "--resume" in status["detail"]
+        break
+    else:
+        pytest.fail("the run always finished before SIGTERM arrived")
+    finish(work, run_dir)
+    assert status_of(run_dir)["status"] == "finished"
+    assert fingerprint(run_dir) == fingerprint(reference)

@@ -109,6 +109,71 @@ async def test_adapter_switch_changes_outputs_without_reloading(embedded_backend
     assert current_base is base_model_obj
 
 
+async def test_full_fine_tune_is_served_and_switching_back_restores_v0(embedded_backend,
+                                                                       tmp_path):
+    import torch
+
+    from selfimprove.backends.served import serve
+    from selfimprove.errors import PolicyError
+    from selfimprove.models import load_causal_lm, load_tokenizer
+
+    # A "full fine-tune": the embedded model's weights with one tensor visibly changed.
+    tuned = load_causal_lm(None)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        weight = tuned.model.layers[-1].mlp.down_proj.weight
+        weight.add_(torch.randn_like(weight) * 0.5)
+    tuned.save_pretrained(tmp_path / "model")
+    load_tokenizer(None).save_pretrained(tmp_path / "model")
+    v0 = PolicyRef(version="v0")
+    v1 = PolicyRef(version="v1", base_model=str(tmp_path / "model"))
+
+    b = embedded_backend
+    params = SamplingParams(max_new_tokens=10)
+    question = [conv("What is rain?")]
+    await b.load_policy(v0)
+    ((before,),) = await b.generate(question, params)
+    (lp_before,) = await b.option_logprobs(question, ["Yes", "No"])
+
+    await b.load_policy(v1)
+    assert b.policy == v1
+    ((served,),) = await b.generate(question, params)
+    (lp_served,) = await b.option_logprobs(question, ["Yes", "No"])
+    assert served.text != before.text and lp_served != lp_before
+    # the backend answers exactly as the fine-tuned weights do
+    tok = b.tokenizer
+    enc = tok(tok.apply_chat_template([{"role": "user", "content": "What is rain?"}],
+                                      add_generation_prompt=True, tokenize=False),
+              return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = tuned.eval().generate(**enc, max_new_tokens=10, do_sample=False,
+                                    pad_token_id=tok.pad_token_id)
+    assert served.text == tok.decode(out[0, enc["input_ids"].shape[1]:],
+                                     skip_special_tokens=True).strip()
+
+    # an adapter trained on another base (here: on the fine-tune) is refused; v1 keeps serving
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(PolicyError, match="adapter is for"):
+        await b.load_policy(PolicyRef(version="v2", base_model=str(tmp_path / "model"),
+                                      adapter_path=str(adapter)))
+    assert b.policy == v1
+    ((still,),) = await b.generate(question, params)
+    assert still.text == served.text
+
+    await b.load_policy(v0)
+    ((after,),) = await b.generate(question, params)
+    (lp_after,) = await b.option_logprobs(question, ["Yes", "No"])
+    assert after.text == before.text and lp_after == lp_before  # v0 exactly as before
+
+    # bound versions called together: each answers as itself (the weights are kept loaded)
+    ((a,),), ((c,),) = await asyncio.gather(serve(b, v1).generate(question, params),
+                                          serve(b, v0).generate(question, params))
+    assert (a.text, c.text) == (served.text, before.text)
+    await b.load_policy(v0)
+
+
 async def test_missing_adapter_keeps_serving_previous(embedded_backend, tmp_path):
     from selfimprove.errors import PolicyError
 

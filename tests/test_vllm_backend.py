@@ -171,6 +171,22 @@ async def test_policies_get_lora_requests_and_failures_keep_the_old_one(fake_bac
     assert out.text == "q/base/0" and llm.calls[-1][2] is None
 
 
+async def test_bound_versions_called_together_each_get_their_adapter(fake_backend, tmp_path):
+    from selfimprove.backends.served import serve
+
+    v0 = PolicyRef(version="v0")  # no adapter: the base model
+    v1 = PolicyRef(version="v1", adapter_path=make_adapter(tmp_path, "a1"))
+    jobs = [serve(fake_backend, v).generate([conv(f"q{i}")], SamplingParams())
+            for i in range(3) for v in (v1, v0)]
+    outs = await asyncio.gather(*jobs)
+    assert [out[0][0].text for out in outs] == [
+        f"q{i}/{name}/0" for i in range(3) for name in ("v1", "base")
+    ]
+    for _, _, lora in fake_backend._llm.calls:  # no engine call mixes the two versions
+        if isinstance(lora, list):
+            assert len({None if r is None else r.lora_name for r in lora}) == 1
+
+
 # ----- the real engine on a GPU -----
 
 
