@@ -155,7 +155,7 @@ class CritiqueConfig(Strict):
     judge_when_checks_decide: bool = Field(
         default=False, description="also ask the judge when the hard checks decide a pair"
     )
-    seed: int = 0
+    seed: int = Field(default=0, description="seeds the loop's sampling (principles, samples)")
     max_concurrency: int = Field(default=64, ge=1)
     roles: RolesConfig = RolesConfig()
 
@@ -227,7 +227,10 @@ class ControlConfig(Strict):
 class RunConfig(Strict):
     """Everything ``selfimprove run`` does; every CLI flag maps onto one of these keys."""
 
-    seed: int = 0
+    seed: int = Field(
+        default=0, description="seeds prompt order, the held-out split and self-generated "
+        "prompts (the critique loop has its own critique.seed)",
+    )
     cycles: int = Field(default=3, ge=1)
     batch_size: int = Field(default=32, ge=1, description="training prompts per cycle")
     heldout_fraction: float = Field(default=0.3, gt=0, lt=1)

@@ -316,6 +316,10 @@ async def gate(
     )
     counts = count_verdicts(verdicts, candidate="b")
     reasons, unchecked = _failed_thresholds(cand, inc, counts, cfg, baseline_eval)
+    diagnostics = diagnose(verdicts)
+    if diagnostics.near_chance and cfg.min_win_rate is not None:
+        # Still a guard, but not evidence: say so wherever the result is read.
+        unchecked.append(f"win rate carries little signal: {diagnostics.summary()}")
     rate = counts.win_rate
     result = GateResult(
         candidate=cand,
@@ -330,7 +334,7 @@ async def gate(
         unchecked=unchecked,
         thresholds=cfg.model_dump(mode="json"),
         verdicts=verdicts,
-        judge=diagnose(verdicts),
+        judge=diagnostics,
     )
     log.info(
         "gate %s vs %s: win rate %s, %s", candidate.version, incumbent.version,

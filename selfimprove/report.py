@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.atomic import atomic_write, write_text
+from selfimprove.config import GateConfig
 from selfimprove.errors import SelfImproveError
 from selfimprove.evaluation import PolicyEval
 from selfimprove.rundir import CycleRecord, RunDir
@@ -447,9 +448,15 @@ def _markdown(run: RunDir, cycles, baseline, summary: Mapping[str, Any], plots, 
     last_eval = next((r.eval for r in reversed(cycles) if r.eval is not None), None)
     if last_eval is not None:
         config.setdefault("held-out prompts", last_eval.candidate.n_prompts)
-        gate = {k: v for k, v in last_eval.thresholds.items()
-                if k.startswith(("min_", "max_")) and v is not None}
-        config.setdefault("gate", ", ".join(f"{k} {v}" for k, v in gate.items()))
+        # In GateConfig's order: records read back from disk have their keys sorted, records
+        # the cycle graph holds do not, and the report must not depend on where they came from.
+        order = {name: i for i, name in enumerate(GateConfig.model_fields)}
+        gate = sorted(
+            ((k, v) for k, v in last_eval.thresholds.items()
+             if k.startswith(("min_", "max_")) and v is not None),
+            key=lambda kv: (order.get(kv[0], len(order)), kv[0]),
+        )
+        config.setdefault("gate", ", ".join(f"{k} {v}" for k, v in gate))
     if config:
         lines += _table(["setting", "value"], [(k, v) for k, v in config.items()])
     else:

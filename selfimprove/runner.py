@@ -144,7 +144,7 @@ def build_context(
         run=run,
         store=store,
         registry=registry,
-        critique=critique_context(cfg.critique, prepared.constitution, roles, seed=cfg.seed),
+        critique=critique_context(cfg.critique, prepared.constitution, roles),
         train_prompts=prepared.train_prompts,
         heldout_prompts=prepared.heldout_prompts,
         trainer=trainer,

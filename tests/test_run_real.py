@@ -28,13 +28,13 @@ critique:
   roles:
     policy: {backend: {kind: transformers}, sampling: {max_new_tokens: 32}}
     critic: {sampling: {max_new_tokens: 16}}
-    reviser: {sampling: {max_new_tokens: 24}}
+    reviser: {sampling: {max_new_tokens: 96}}
+  revision_samples: 3
 harvest: {strategies: [revision]}
 schedule: {every_cycles: 1, min_new_pairs: 1, methods: [sft]}
 sft: {method: sft, max_steps: 2, per_device_train_batch_size: 2, gradient_accumulation_steps: 1,
       max_length: 96, report_to: []}
-gate: {num_prompts: 3, sampling: {max_new_tokens: 24}, min_win_rate: 0.0,
-       max_violation_rate_delta: 1.0, max_length_ratio: 10.0, max_retention_increase: 1.0}
+gate: {num_prompts: 3, sampling: {max_new_tokens: 24}}
 """
 
 PROMPTS = ["What is rain?", "Name a fruit.", "What is a cat?", "Why is grass green?",
@@ -76,9 +76,14 @@ def test_run_killed_and_resumed_on_embedded_model(tmp_path):
     assert versions == ["v0", "v1"]  # trained once
     assert reg.get("v1").adapter_path and reg.record("v1").evals
     record = json.loads((run_dir / "cycles" / "cycle-0001.json").read_text())
-    assert record["decision"] == "promoted" and record["eval"]["candidate"]["n_prompts"] == 3
-    assert reg.current_version() == "v1"
+    assert record["eval"]["candidate"]["n_prompts"] == 3
+    # The gate's default thresholds decide; whatever they decided, every record agrees.
+    passed = record["eval"]["passed"]
+    assert record["decision"] == ("promoted" if passed else "rejected")
+    assert reg.current_version() == ("v1" if passed else "v0")
+    assert reg.record("v1").status == ("promoted" if passed else "rejected")
+    assert passed or record["reasons"] == record["eval"]["reasons"] != []
     report = (run_dir / "report.md").read_text()
-    assert "promoted" in report and "v1" in report
+    assert record["decision"] in report and "v1" in report
     plots = list((run_dir / "plots").glob("*.png"))
     assert plots and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)

@@ -66,6 +66,20 @@ def _truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+class _Closing(StoppingCriteria):
+    """Ends a generate call at the next token once the backend is closing (Ctrl-C, SIGTERM):
+    a batch can run for minutes, and the process must not exit with it still running."""
+
+    def __init__(self, closing: threading.Event) -> None:
+        self.closing = closing
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.closing.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
+
+
 class _RowBudget(StoppingCriteria):
     """Stopping criterion giving each row of a batch its own ``max_new_tokens``."""
 
@@ -110,6 +124,7 @@ class TransformersBackend(Backend):
         self._active_adapter: str | None = None
         self._merged = False  # whether the active adapter is merged into the base weights
         self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._closing = threading.Event()
         self._worker = threading.Thread(target=self._run, name="selfimprove-batcher", daemon=True)
         self._worker.start()
         if policy is not None and (policy.adapter_path or policy.base_model != self.model_name):
@@ -156,6 +171,7 @@ class TransformersBackend(Backend):
 
     def close(self) -> None:
         if self._worker.is_alive():
+            self._closing.set()
             self._queue.put(None)
             self._worker.join(timeout=30)
 
@@ -303,9 +319,11 @@ class TransformersBackend(Backend):
         enc = self._encode(self._chat_texts([conv for conv, _ in rows]))
         sampling = params.temperature > 0
         kwargs: dict[str, Any] = {"max_new_tokens": max(budgets), "do_sample": sampling}
+        criteria: list[StoppingCriteria] = [_Closing(self._closing)]
         if len(set(budgets)) > 1:
-            stop = _RowBudget(enc["input_ids"].shape[1], torch.tensor(budgets, device=self.device))
-            kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
+            prompt_len = enc["input_ids"].shape[1]
+            criteria.append(_RowBudget(prompt_len, torch.tensor(budgets, device=self.device)))
+        kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         if sampling:
             kwargs |= {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
             torch.manual_seed(_batch_seed([p.seed for _, p in rows]))

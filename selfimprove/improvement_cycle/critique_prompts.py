@@ -15,7 +15,8 @@ from selfimprove.improvement_cycle.timing import timed
 async def critique_prompts(state: CycleState, runtime: Runtime[CycleContext]) -> CycleState:
     ctx = runtime.context
     seconds = dict(state.get("stage_seconds", {}))
-    cctx = ctx.critique_for(ctx.registry.current(), seed=ctx.cfg.seed + state["cycle"])
+    # critique.seed seeds the loop's sampling; a new seed each cycle draws new principles
+    cctx = ctx.critique_for(ctx.registry.current(), seed=ctx.critique.seed + state["cycle"])
     stats = getattr(unwrap(ctx.critique.roles.judge), "stats", None)  # type: ignore[arg-type]
     judged_before = stats.seconds_forward if stats else 0.0
     batch = [(pid, text) for pid, text in state["batch"]]
