@@ -10,6 +10,7 @@ model, so LoRA adapter switches are serialized with generation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import queue
@@ -64,6 +65,19 @@ def _batch_seed(seeds: Sequence[int | None]) -> int:
 def _truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(name: str) -> str:
+    """What ``name`` loads from (cached: resolving a hub id probes the hub); a name that does
+    not resolve is only equal to itself."""
+    from selfimprove.errors import SelfImproveError
+    from selfimprove.models import resolve_model
+
+    try:
+        return resolve_model(name)
+    except SelfImproveError:
+        return name
 
 
 class _Closing(StoppingCriteria):
@@ -421,9 +435,7 @@ class TransformersBackend(Backend):
 
     @staticmethod
     def _same_model(a: str, b: str) -> bool:
-        from selfimprove.models import resolve_model
-
-        return a == b or resolve_model(a) == resolve_model(b)
+        return a == b or _resolved(a) == _resolved(b)
 
     def _use_weights(self, policy: PolicyRef, name: str) -> None:
         """Serve the full model ``name``: the base, or a full fine-tune's weights.
