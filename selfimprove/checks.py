@@ -6,25 +6,40 @@ package with a time limit, so a pathological pattern fails its check instead of 
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import regex
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from selfimprove.types import CheckResult, passes
 
 __all__ = [
     "REGEX_TIMEOUT_S",
+    "BulletCount",
     "Check",
+    "EndsWith",
     "ForbidPhrases",
     "ForbidRegex",
+    "IncludeWords",
+    "JsonObject",
+    "Lowercase",
     "MaxChars",
     "MaxSentences",
     "MaxWords",
     "MinWords",
+    "NoCommas",
+    "ParagraphCount",
+    "Quoted",
     "RequireRegex",
+    "StartsWith",
+    "count_bullets",
+    "count_paragraphs",
     "count_sentences",
     "count_words",
     "passes",
@@ -39,20 +54,59 @@ CheckId = Annotated[
     str,
     Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="unique within the constitution's checks (letters, digits, '_', '-', '.')",
+        description=(
+            "unique within the constitution's checks (letters, digits, '_', '-', '.'); "
+            "optional: by default the kind, plus '-' and 8 hex digits of a hash of the "
+            "parameters when the kind has any (e.g. 'max_words-1a2b3c4d')"
+        ),
     ),
 ]
 
+# Fields that say how a check is reported, not what it checks: left out of a derived id, so the
+# same check written with another `hard` or description still collides as a duplicate.
+_NOT_IDENTITY = frozenset({"id", "kind", "hard", "description"})
+
+
+def _clean_doc(schema: dict[str, Any], cls: type) -> None:
+    # The class docstring is the user-facing documentation of a kind: publish it in the JSON
+    # schema without the source's indentation.
+    if cls.__doc__:
+        schema["description"] = inspect.cleandoc(cls.__doc__)
+
 
 class _CheckBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    id: CheckId
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_clean_doc)
+    # Typed `str` (never None once validated): `_fill_id` derives it when the author omits it.
+    # The None default is never validated, so an explicit `id: null` is still rejected.
+    id: CheckId = Field(default=None)
     hard: bool = Field(
         default=True,
         strict=True,
         description="a failed hard check makes the response fail; a soft one is only reported",
     )
     description: str | None = None
+
+    @model_validator(mode="after")
+    def _fill_id(self) -> _CheckBase:
+        if self.id is None:
+            # Frozen model: write the field directly. It stays out of model_fields_set, so
+            # dumping with exclude_unset leaves it out and re-validating derives the same id.
+            self.__dict__["id"] = self.derived_id()
+        return self
+
+    def derived_id(self) -> str:
+        """The id this check gets when none is written: stable across runs and processes.
+
+        ``kind`` alone for a kind without parameters (``lowercase``); otherwise ``kind-`` plus
+        the first 8 hex digits of the sha256 of the parameters as canonical JSON (defaults
+        included, ``hard`` and ``description`` excluded).
+        """
+        kind = getattr(self, "kind", type(self).__name__)
+        params = self.model_dump(mode="json", exclude=set(_NOT_IDENTITY))
+        if not params:
+            return kind
+        canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return f"{kind}-{hashlib.sha256(canonical.encode('utf-8')).hexdigest()[:8]}"
 
 
 class _Limit(_CheckBase):
@@ -126,8 +180,175 @@ class ForbidPhrases(_CheckBase):
     phrases: list[Annotated[str, Field(strict=True, min_length=1)]] = Field(min_length=1)
 
 
+# --- IFEval-style verifiable instructions ----------------------------------------------------
+
+
+class Lowercase(_CheckBase):
+    """No uppercase (or titlecase) letters, in any script: "É" and "Σ" fail; digits,
+    punctuation and symbols are fine.
+
+    Example: ``{kind: lowercase}`` passes "ok, 3 things: café!" and fails "Café".
+    """
+
+    kind: Literal["lowercase"]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain a non-whitespace character")
+    return value
+
+
+class _TextEdge(_CheckBase):
+    value: str = Field(strict=True, min_length=1, description="the text to look for")
+
+    _check_value = field_validator("value")(_not_blank)
+
+
+class StartsWith(_TextEdge):
+    """The response starts with ``value`` (case-insensitive, curly apostrophes and runs of
+    whitespace normalised). Leading whitespace is ignored, and so are leading quote marks and
+    markdown emphasis (``"``, ``“``, ``'``, ``*``, ``_``) unless ``value`` starts with them.
+    ``value`` must end on a word boundary: "Yes" does not match "Yesterday".
+
+    Example: ``{kind: starts_with, value: "Dear customer"}`` passes
+    ``**Dear Customer**, thanks...`` and fails ``Hi, dear customer``.
+    """
+
+    kind: Literal["starts_with"]
+
+
+class EndsWith(_TextEdge):
+    """The response ends with ``value`` (case-insensitive, curly apostrophes and runs of
+    whitespace normalised), ignoring trailing whitespace. If ``value`` ends with punctuation,
+    the response must end with exactly that; if it does not, one ``.``, ``!`` or ``?`` after it
+    is allowed. ``value`` must start on a word boundary: "stay safe" does not match "outstay
+    safe".
+
+    Example: ``{kind: ends_with, value: "stay safe"}`` passes ``... Stay safe.`` and
+    ``... stay safe``; ``{kind: ends_with, value: "stay safe."}`` fails ``... stay safe!``.
+    """
+
+    kind: Literal["ends_with"]
+
+
+class IncludeWords(_CheckBase):
+    r"""Every word in ``words`` appears as a whole word, case-insensitively (Unicode-aware: "é"
+    is a letter, so "café" is not found in "cafés"; composed and decomposed accents are
+    equal). An entry of several words matches them with any whitespace between.
+
+    Example: ``{kind: include_words, words: [refund, "order number"]}`` passes "Your Refund
+    for order\nnumber 5" and fails "refunds are possible" (reports both as missing).
+    """
+
+    kind: Literal["include_words"]
+    words: list[Annotated[str, Field(strict=True, min_length=1)]] = Field(min_length=1)
+
+    @field_validator("words")
+    @classmethod
+    def _words_not_blank(cls, words: list[str]) -> list[str]:
+        for i, word in enumerate(words):
+            if not word.strip():
+                raise ValueError(f"words[{i}] must contain a non-whitespace character")
+        return words
+
+
+class _CountRange(_CheckBase):
+    min: int | None = Field(default=None, strict=True, ge=0, description="at least (inclusive)")
+    max: int | None = Field(default=None, strict=True, ge=0, description="at most (inclusive)")
+
+    @field_validator("max")
+    @classmethod
+    def _max_not_below_min(cls, maximum: int | None, info: ValidationInfo) -> int | None:
+        minimum = info.data.get("min")
+        if maximum is not None and minimum is not None and minimum > maximum:
+            raise ValueError(f"max ({maximum}) must be >= min ({minimum})")
+        return maximum
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> _CountRange:
+        if self.min is None and self.max is None:
+            raise ValueError(f"{getattr(self, 'kind', 'count')} needs 'min', 'max' or both")
+        return self
+
+
+class BulletCount(_CountRange):
+    r"""The number of bullet lines is within ``min``..``max`` (each optional, at least one).
+
+    A bullet line starts, after optional indentation, with ``-``, ``*`` or ``•`` followed by
+    whitespace, or a number with ``.`` or ``)`` (``1.``, ``2)``) followed by whitespace, and
+    has text after the marker. Nested (indented) bullets count too: the instruction "use
+    exactly 3 bullet points" is about what the reader sees as bullets, and a sub-bullet is
+    one. Horizontal rules (``---``, ``* * *``) and ``*emphasis*`` are not bullets.
+
+    Example: ``{kind: bullet_count, min: 3, max: 3}`` passes "- a\n- b\n  - b1" (3 bullets).
+    """
+
+    kind: Literal["bullet_count"]
+
+
+class NoCommas(_CheckBase):
+    """No commas: neither ``,`` nor the fullwidth ``，``.
+
+    Example: ``{kind: no_commas}`` passes "Yes. Then go." and fails "Yes, then go."
+    """
+
+    kind: Literal["no_commas"]
+
+
+class ParagraphCount(_CountRange):
+    r"""The number of paragraphs is within ``min``..``max`` (each optional, at least one).
+
+    Paragraphs are blocks of lines separated by one or more blank lines (a line of only
+    spaces or tabs is blank); leading and trailing blank lines do not count, and an empty
+    response has 0 paragraphs.
+
+    Example: ``{kind: paragraph_count, min: 2, max: 2}`` passes "One.\n  \nTwo." and fails
+    "One.\nTwo." (a single paragraph of two lines).
+    """
+
+    kind: Literal["paragraph_count"]
+
+
+class JsonObject(_CheckBase):
+    r"""The response is exactly one JSON object (``{...}``), optionally inside a markdown code
+    fence (```` ```json ```` or ```` ``` ````) with whitespace around it. A JSON array or
+    scalar fails, as does any text outside the object or the fence, or ``NaN``/``Infinity``.
+
+    Example: ``{kind: json_object}`` passes ``{"answer": 4}`` and
+    ```` ```json\n{"answer": 4}\n``` ````; it fails ``[4]`` and ``The answer: {"answer": 4}``.
+    """
+
+    kind: Literal["json_object"]
+
+
+class Quoted(_CheckBase):
+    """The whole response (leading and trailing whitespace ignored) is wrapped in double
+    quotes: it starts with ``"`` or ``“`` and ends with ``"`` or ``”``.
+
+    Example: ``{kind: quoted}`` passes ``“Be kind.”`` and fails ``'Be kind.'``.
+    """
+
+    kind: Literal["quoted"]
+
+
 Check = Annotated[
-    MaxWords | MinWords | MaxChars | MaxSentences | ForbidRegex | RequireRegex | ForbidPhrases,
+    MaxWords
+    | MinWords
+    | MaxChars
+    | MaxSentences
+    | ForbidRegex
+    | RequireRegex
+    | ForbidPhrases
+    | Lowercase
+    | StartsWith
+    | EndsWith
+    | IncludeWords
+    | BulletCount
+    | NoCommas
+    | ParagraphCount
+    | JsonObject
+    | Quoted,
     Field(discriminator="kind"),
 ]
 
@@ -165,6 +386,126 @@ def _normalise(text: str) -> str:
 def _snippet(text: str, limit: int = 40) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- helpers of the IFEval-style checks ------------------------------------------------------
+
+_UPPER = regex.compile(r"[\p{Lu}\p{Lt}]")
+_COMMA = regex.compile(r"[,\uff0c]")
+# Quote marks and markdown emphasis a model likes to put before its first word.
+_LEAD_DECORATION = regex.compile(r"^[\"'\u201c\u2018\u00ab*_]+\s*")
+_END_PUNCT = ".!?"
+_BULLET = regex.compile(
+    r"^[ \t]*(?:[-*][ \t]+|\u2022[ \t]*|[0-9]{1,9}[.)][ \t]+)\S", regex.MULTILINE
+)
+# "---", "* * *", "___": thematic breaks, which start like a bullet but are not one.
+_RULE = regex.compile(r"^[ \t]*([-*_])(?:[ \t]*\1){2,}[ \t]*$", regex.MULTILINE)
+_FENCE = regex.compile(r"^```[ \t]*(?:json(?!\w))?\s*(.*?)\s*```$", regex.DOTALL | regex.I)
+_OPEN_QUOTES = ('"', "\u201c")
+_CLOSE_QUOTES = ('"', "\u201d")
+
+
+def _fold(text: str) -> str:
+    # Case-insensitive; a curly apostrophe or a line break inside the text must not make
+    # "I'm here" differ from "I\u2019m\nhere"; NFC so composed and decomposed accents agree.
+    text = unicodedata.normalize("NFC", text).replace("\u2019", "'").replace("\u2018", "'")
+    return " ".join(text.casefold().split())
+
+
+def _is_word_char(char: str) -> bool:
+    return _WORDLIKE.match(char) is not None  # the same notion of a word as regex's \w
+
+
+def _starts_with(text: str, value: str) -> bool:
+    want = _fold(value)
+    plain = _fold(text)
+    # Try the text as written and without its leading decoration, so a value that itself
+    # starts with a quote or "**" still matches.
+    for candidate in (plain, _LEAD_DECORATION.sub("", plain)):
+        if candidate.startswith(want):
+            after = candidate[len(want) : len(want) + 1]
+            # "Yes" must not match "Yesterday": the value has to end on a word boundary.
+            if not (after and _is_word_char(after) and _is_word_char(want[-1])):
+                return True
+    return False
+
+
+def _ends_with(text: str, value: str) -> bool:
+    want = _fold(value)
+    plain = _fold(text)
+    candidates = [plain]
+    if not unicodedata.category(want[-1]).startswith("P") and plain[-1:] in _END_PUNCT:
+        candidates.append(plain[:-1])  # "stay safe" also matches "stay safe." (one mark only)
+    for candidate in candidates:
+        if candidate.endswith(want):
+            before = candidate[-len(want) - 1 : -len(want)]
+            if not (before and _is_word_char(before) and _is_word_char(want[0])):
+                return True
+    return False
+
+
+@lru_cache(maxsize=512)
+def _word_pattern(word: str) -> regex.Pattern:
+    # Lookarounds rather than \b, so words that start or end with a non-letter ("C++", "$5")
+    # still need a non-word character (or the text's edge) on both sides.
+    body = r"\s+".join(regex.escape(part) for part in word.split())
+    return regex.compile(rf"(?<!\w){body}(?!\w)", regex.IGNORECASE | regex.FULLCASE)
+
+
+def count_bullets(text: str) -> int:
+    """Lines starting (after optional indentation) with ``-``, ``*``, ``•``, ``N.`` or ``N)``
+    and then text; nested bullets count, horizontal rules do not (see :class:`BulletCount`)."""
+    return len(_BULLET.findall(_RULE.sub("", text)))
+
+
+def count_paragraphs(text: str) -> int:
+    """Blocks of non-blank lines separated by blank (or whitespace-only) lines."""
+    count, in_paragraph = 0, False
+    for line in text.splitlines():
+        blank = not line.strip()
+        if not blank and not in_paragraph:
+            count += 1
+        in_paragraph = not blank
+    return count
+
+
+def _plural(n: int, unit: str) -> str:
+    return f"{n} {unit}" + ("" if n == 1 else "s")
+
+
+def _in_range(n: int, low: int | None, high: int | None, unit: str) -> tuple[bool, str]:
+    counted = _plural(n, unit)
+    if low is not None and n < low:
+        return False, f"{counted} < min {low}"
+    if high is not None and n > high:
+        return False, f"{counted} > max {high}"
+    if low is not None and high is not None:
+        return True, f"{counted} in {low}..{high}"
+    return True, f"{counted} >= {low}" if high is None else f"{counted} <= {high}"
+
+
+def _json_object(text: str) -> tuple[bool, str]:
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    if fenced is not None:
+        body = fenced.group(1)
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity
+
+    try:
+        value = json.loads(body, parse_constant=no_constants)
+    except RecursionError:
+        return False, "not valid JSON: nested too deeply"
+    except ValueError as exc:  # JSONDecodeError included
+        return False, f"not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(value), "a number"
+        )
+        return False, f"JSON is {kind}, not an object"
+    where = " in a code fence" if fenced is not None else ""
+    return True, f"a JSON object with {_plural(len(value), 'key')}{where}"
 
 
 def run_check(check: Check, text: str, *, regex_timeout: float = REGEX_TIMEOUT_S) -> CheckResult:
@@ -210,6 +551,47 @@ def _evaluate(check: Check, text: str, timeout: float) -> tuple[bool, str]:
             if not hits:
                 return True, "no forbidden phrase"
             return False, "contains " + ", ".join(f"'{p}'" for p in hits)
+        case Lowercase():
+            upper = _UPPER.search(text)
+            if upper is None:
+                return True, "no uppercase letters"
+            return False, f"uppercase '{upper.group()}' at char {upper.start()}"
+        case StartsWith(value=value):
+            if _starts_with(text, value):
+                return True, f"starts with '{_snippet(value)}'"
+            return False, f"starts with '{_snippet(text.lstrip(), 20)}', not '{_snippet(value)}'"
+        case EndsWith(value=value):
+            if _ends_with(text, value):
+                return True, f"ends with '{_snippet(value)}'"
+            tail = " ".join(text.split())[-20:]
+            return False, f"ends with '{tail}', not '{_snippet(value)}'"
+        case IncludeWords(words=words):
+            haystack = unicodedata.normalize("NFC", text)
+            missing = [
+                w for w in words
+                if _word_pattern(unicodedata.normalize("NFC", w)).search(haystack) is None
+            ]
+            if not missing:
+                return True, f"all {_plural(len(words), 'word')} present"
+            return False, "missing " + ", ".join(f"'{w}'" for w in missing)
+        case BulletCount(min=low, max=high):
+            return _in_range(count_bullets(text), low, high, "bullet")
+        case NoCommas():
+            commas = [m.start() for m in _COMMA.finditer(text)]
+            if not commas:
+                return True, "no commas"
+            return False, f"{_plural(len(commas), 'comma')} (first at char {commas[0]})"
+        case ParagraphCount(min=low, max=high):
+            return _in_range(count_paragraphs(text), low, high, "paragraph")
+        case JsonObject():
+            return _json_object(text)
+        case Quoted():
+            body = text.strip()
+            if len(body) >= 2 and body.startswith(_OPEN_QUOTES) and body.endswith(_CLOSE_QUOTES):
+                return True, "wrapped in double quotes"
+            if not body:
+                return False, "empty response"
+            return False, f"starts with '{body[0]}' and ends with '{body[-1]}', not double quotes"
     raise TypeError(f"unknown check {type(check).__name__}")  # unreachable for validated data
 
 

@@ -17,9 +17,12 @@ from selfimprove.backends.served import serve
 from selfimprove.checks import count_words, passes, run_checks
 from selfimprove.constitution import Constitution
 from selfimprove.degeneration import DegenerationStats, degeneration_stats
+from selfimprove.sources import PromptRecord
 from selfimprove.types import CheckResult, Message, PolicyRef, SamplingParams
 
-__all__ = ["PolicyEval", "check_pass_rates", "evaluate_policy", "retention_texts"]
+__all__ = [
+    "PolicyEval", "check_pass_rates", "evaluate_policy", "kind_pass_rates", "retention_texts"
+]
 
 
 class PolicyEval(BaseModel):
@@ -43,6 +46,11 @@ class PolicyEval(BaseModel):
     check_pass_rates: dict[str, float] = Field(
         default_factory=dict, description="share of responses passing each check, by check id"
     )
+    kind_pass_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="share of passed checks of each kind, among the responses it applied to "
+        "(prompt checks apply to their own prompt only)",
+    )
     degeneration: DegenerationStats | None = None
 
 
@@ -56,7 +64,7 @@ def retention_texts() -> tuple[str, ...]:
 async def evaluate_policy(
     backend: Backend,
     policy: PolicyRef,
-    prompts: Sequence[str],
+    prompts: Sequence[str | PromptRecord],
     constitution: Constitution,
     sampling: SamplingParams,
     *,
@@ -64,15 +72,20 @@ async def evaluate_policy(
 ) -> PolicyEval:
     """Serve ``policy``, answer every prompt in one batch, run the checks, measure retention.
 
-    ``retention`` defaults to :func:`retention_texts`; an empty sequence skips retention.
+    A :class:`~selfimprove.sources.PromptRecord` brings its own checks, run beside the
+    constitution's on its answer. ``retention`` defaults to :func:`retention_texts`; an empty
+    sequence skips retention.
     """
     served = serve(backend, policy)
-    convs = [[Message(role="user", content=p)] for p in prompts]
+    texts_in = [p.prompt if isinstance(p, PromptRecord) else p for p in prompts]
+    own = [p.checks if isinstance(p, PromptRecord) else () for p in prompts]
+    convs = [[Message(role="user", content=p)] for p in texts_in]
     params = sampling.model_copy(update={"n": 1})
     outputs = await served.generate(convs, params) if convs else []
     responses = [out[0].text for out in outputs]
     finish = [out[0].finish_reason for out in outputs]
-    results = [run_checks(constitution, r) for r in responses]
+    results = [run_checks([*constitution.checks, *extra], r)
+               for r, extra in zip(responses, own, strict=True)]
     ok = [passes(r) for r in results]
     n = len(responses)
     texts = retention_texts() if retention is None else tuple(retention)
@@ -86,19 +99,34 @@ async def evaluate_policy(
         mean_words=sum(count_words(r) for r in responses) / n if n else 0.0,
         retention_nll=nll,
         n_prompts=n,
-        prompts=list(prompts),
+        prompts=texts_in,
         responses=responses,
         passes_checks=ok,
         finish_reasons=finish,
         check_pass_rates=check_pass_rates(results),
+        kind_pass_rates=kind_pass_rates(results),
         degeneration=degeneration_stats(responses, finish),
     )
 
 
-def check_pass_rates(results: Sequence[Sequence[CheckResult]]) -> dict[str, float]:
-    """Share of responses passing each check, by check id (in the checks' order)."""
-    passed: dict[str, int] = {}
+def kind_pass_rates(results: Sequence[Sequence[CheckResult]]) -> dict[str, float]:
+    """Share of passed checks of each kind, over the responses each check applied to."""
+    seen: dict[str, list[int]] = {}
     for checks in results:
         for c in checks:
-            passed[c.check_id] = passed.get(c.check_id, 0) + int(c.passed)
-    return {cid: k / len(results) for cid, k in passed.items()}
+            tally = seen.setdefault(c.kind, [0, 0])
+            tally[0] += int(c.passed)
+            tally[1] += 1
+    return {kind: passed / total for kind, (passed, total) in sorted(seen.items())}
+
+
+def check_pass_rates(results: Sequence[Sequence[CheckResult]]) -> dict[str, float]:
+    """Share of the responses it applied to that pass each check, by check id (in the
+    checks' order)."""
+    seen: dict[str, list[int]] = {}
+    for checks in results:
+        for c in checks:
+            tally = seen.setdefault(c.check_id, [0, 0])
+            tally[0] += int(c.passed)
+            tally[1] += 1
+    return {cid: passed / total for cid, (passed, total) in seen.items()}

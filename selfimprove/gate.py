@@ -36,6 +36,7 @@ from selfimprove.constitution import Constitution
 from selfimprove.evaluation import PolicyEval, evaluate_policy
 from selfimprove.judges.diagnostics import JudgeDiagnostics, diagnose
 from selfimprove.judges.pairwise import PairwiseJudge
+from selfimprove.sources import PromptRecord
 from selfimprove.types import PolicyRef, Verdict
 
 __all__ = [
@@ -273,7 +274,7 @@ async def gate(
     backend: Backend,
     candidate: PolicyRef,
     incumbent: PolicyRef,
-    prompts: list[str],
+    prompts: Sequence[str | PromptRecord],
     constitution: Constitution,
     cfg: GateConfig,
     *,
@@ -290,8 +291,9 @@ async def gate(
     ``baseline_eval`` (v0's) tightens the degeneration guards; ``retention`` overrides the
     retention texts (see :func:`evaluate_policy`).
     """
+    texts = [p.prompt if isinstance(p, PromptRecord) else p for p in prompts]
     if incumbent_eval is not None:
-        _reusable(incumbent_eval, incumbent, prompts)
+        _reusable(incumbent_eval, incumbent, texts)
         inc = incumbent_eval
     else:
         inc = await evaluate_policy(
@@ -308,7 +310,7 @@ async def gate(
             *(
                 judge.compare(p, a, b, a_passes=pa, b_passes=pb)
                 for p, a, b, pa, pb in zip(
-                    prompts, inc.responses, cand.responses, inc.passes_checks,
+                    texts, inc.responses, cand.responses, inc.passes_checks,
                     cand.passes_checks, strict=True,
                 )
             )

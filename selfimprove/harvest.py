@@ -99,7 +99,7 @@ def _first_checks(result: CritiqueResult) -> list[CheckResult]:
     return []
 
 
-def _check_json(chosen: _Side, rejected: _Side) -> str:
+def _check_json(chosen: _Side, rejected: _Side, prompt_checks: list[dict]) -> str:
     def side(s: _Side) -> dict[str, Any]:
         return {
             "passes": s.passes,
@@ -107,7 +107,9 @@ def _check_json(chosen: _Side, rejected: _Side) -> str:
             "checks": [c.model_dump() for c in s.checks],
         }
 
-    return json.dumps({"chosen": side(chosen), "rejected": side(rejected)}, sort_keys=True)
+    # The prompt's own checks are recorded even when empty: they say which rules applied.
+    return json.dumps({"chosen": side(chosen), "rejected": side(rejected),
+                       "prompt_checks": prompt_checks}, sort_keys=True)
 
 
 def _guard(chosen: _Side, rejected: _Side, margin: float, cfg: HarvestConfig) -> None:
@@ -223,7 +225,7 @@ def _pair_row(
         "rejected": _messages("assistant", rejected.text),
         "strategy": strategy,
         **base,
-        "check_results": _check_json(chosen, rejected),
+        "check_results": _check_json(chosen, rejected, result.prompt_checks),
         "margin": float(margin),
         "decided_by": decided_by,
     }
@@ -242,7 +244,8 @@ def _sft_row(result: CritiqueResult, base: dict[str, Any]) -> dict[str, Any]:
         "messages": messages,
         "strategy": "final_revision",
         **base,
-        "check_results": json.dumps({"final": checks}, sort_keys=True),
+        "check_results": json.dumps({"final": checks, "prompt_checks": result.prompt_checks},
+                                    sort_keys=True),
         "margin": verdict.margin if verdict is not None and verdict.p_b is not None else None,
     }
     row["content_hash"] = content_hash(row)

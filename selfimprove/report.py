@@ -349,6 +349,13 @@ def _versions(cycles: Sequence[CycleRecord], baseline: PolicyEval | None) -> lis
     if not evals:
         return ["No version was evaluated."]
     lines = _table(_VERSION_HEADER, _version_rows(evals))
+    kinds = sorted({k for e in evals for k in e.kind_pass_rates})
+    if kinds:
+        lines += ["", "Pass rate of each check kind (prompt checks count on their own prompts):",
+                  ""]
+        lines += _table(["version", *kinds], (
+            [e.version, *(_num(e.kind_pass_rates.get(k)) for k in kinds)] for e in evals
+        ))
     rates = {cid for e in evals for cid in e.check_pass_rates}
     if rates:
         ids = sorted(rates)

@@ -21,6 +21,7 @@ from selfimprove.improvement_cycle.graph import build_cycle_graph
 from selfimprove.improvement_cycle.state import Arm, CycleContext
 from selfimprove.roles import Roles
 from selfimprove.rundir import RunDir
+from selfimprove.sources import PromptRecord
 from selfimprove.store import is_heldout, seed_salt
 
 __all__ = ["build_context", "load_run_config", "prepare", "run", "run_cycles"]
@@ -56,13 +57,14 @@ def load_run_config(run: RunDir) -> RunConfig:
     return load_config(run.config_path, RunConfig)
 
 
-def load_run_prompts(cfg: RunConfig) -> list[tuple[str, str]]:
-    from selfimprove.sources import load_dataset_prompts, load_prompts
+def load_run_prompts(cfg: RunConfig) -> list[PromptRecord]:
+    from selfimprove.sources import load_dataset_prompts, load_prompt_records
 
     if cfg.prompts.path is not None:
-        return load_prompts(cfg.prompts.path, cfg.prompts.field)
+        return load_prompt_records(cfg.prompts.path, cfg.prompts.field)
     assert cfg.prompts.dataset is not None
-    return load_dataset_prompts(cfg.prompts.dataset, cfg.prompts.split, cfg.prompts.field)
+    pairs = load_dataset_prompts(cfg.prompts.dataset, cfg.prompts.split, cfg.prompts.field)
+    return [PromptRecord(id=pid, prompt=text) for pid, text in pairs]
 
 
 @dataclass
@@ -71,8 +73,8 @@ class Prepared:
 
     cfg: RunConfig
     constitution: Constitution
-    train_prompts: list[tuple[str, str]]
-    heldout_prompts: list[tuple[str, str]]
+    train_prompts: list[PromptRecord]
+    heldout_prompts: list[PromptRecord]
 
 
 def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
@@ -85,8 +87,9 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
     constitution = load_constitution(cfg.critique.constitution)
     prompts = load_run_prompts(cfg)
     salt = seed_salt(cfg.seed)
-    heldout = [p for p in prompts if is_heldout(p[1], salt, cfg.heldout_fraction)]
-    train = [p for p in prompts if not is_heldout(p[1], salt, cfg.heldout_fraction)]
+    # held-out prompts are split by prompt text, whatever checks they carry
+    heldout = [p for p in prompts if is_heldout(p.prompt, salt, cfg.heldout_fraction)]
+    train = [p for p in prompts if not is_heldout(p.prompt, salt, cfg.heldout_fraction)]
     if not train or not heldout:
         raise ConfigError(
             where,

@@ -7,11 +7,19 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any, get_args
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from selfimprove.checks import Check
 from selfimprove.errors import ConfigError
 from selfimprove.hashing import prompt_id
 
 _PACKAGED_DIR = "data/prompts"
+#: every check kind, for error messages
+_KINDS = sorted(
+    get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(Check)[0])
+)
 _PACKAGED_SUFFIXES = (".jsonl", ".txt")
 
 
@@ -43,10 +51,43 @@ def is_prompt_name(ref: str | Path) -> bool:
     return bool(text) and "/" not in text and os.sep not in text and not Path(text).suffix
 
 
+class PromptRecord(BaseModel):
+    """A prompt with its id and the checks it brings (verifiable instructions).
+
+    A prompt's checks use the constitution's vocabulary and join the constitution's checks
+    wherever those are used: the check node, the critic, harvest, the gate and ``eval``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    prompt: str
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return (self.id, self.prompt)
+
+    def checks_json(self) -> list[dict[str, Any]]:
+        return [c.model_dump(mode="json") for c in self.checks]
+
+
+_CHECKS = TypeAdapter(list[Check])
+
+
+def parse_prompt_checks(raw: Any) -> tuple[Check, ...]:
+    """Validate a prompt record's ``checks`` (raises pydantic's ValidationError)."""
+    return tuple(_CHECKS.validate_python(raw))
+
+
 def load_prompts(path: str | Path, field: str = "prompt") -> list[tuple[str, str]]:
-    """Read ``(id, prompt)`` pairs from a JSON-lines file (``.jsonl``, ``.json`` or
-    ``.ndjson``, any case: ``{"prompt": ..., "id": ...}`` per line) or a text file (one prompt
-    per line). Blank lines are skipped.
+    """``(id, prompt)`` pairs of a prompt file (see :func:`load_prompt_records`)."""
+    return [r.pair for r in load_prompt_records(path, field)]
+
+
+def load_prompt_records(path: str | Path, field: str = "prompt") -> list[PromptRecord]:
+    """Read prompt records from a JSON-lines file (``.jsonl``, ``.json`` or ``.ndjson``, any
+    case: ``{"prompt": ..., "id": ..., "checks": [...]}`` per line) or a text file (one
+    prompt per line). Blank lines are skipped; errors name the file, line and field.
 
     A bare name such as ``general`` that is not an existing file names a packaged prompt set.
     """
@@ -73,28 +114,46 @@ def load_prompts(path: str | Path, field: str = "prompt") -> list[tuple[str, str
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(path, f"not UTF-8 text (byte {exc.start})", line=line) from None
     json_lines = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
-    out: list[tuple[str, str]] = []
+    out: list[PromptRecord] = []
     for no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         if not json_lines:
-            out.append((prompt_id(line.strip()), line.strip()))
+            out.append(PromptRecord(id=prompt_id(line.strip()), prompt=line.strip()))
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(path, f"invalid JSON: {exc.msg}", line=no) from None
-        text = row.get(field) if isinstance(row, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigError(path, "each line needs a non-empty string", line=no, field=field)
-        out.append((str(row.get("id") or prompt_id(text)), text))
+        out.append(_record(path, no, line, field))
     if not out:
         raise ConfigError(path, "no prompts in file")
-    ids = [i for i, _ in out]
+    ids = [r.id for r in out]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ConfigError(path, f"duplicate prompt id {dup!r}", field="id")
     return out
+
+
+def _record(path: Path, no: int, line: str, field: str) -> PromptRecord:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(path, f"invalid JSON: {exc.msg}", line=no) from None
+    text = row.get(field) if isinstance(row, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(path, "each line needs a non-empty string", line=no, field=field)
+    try:
+        checks = parse_prompt_checks(row.get("checks") or [])
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        # pydantic puts the union member's tag into loc (checks.0.ends_with.value): drop it
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p.islower()
+                                                 and p in _KINDS)]
+        where = "checks" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc)
+        msg = err["msg"]
+        if err["type"] == "union_tag_invalid":
+            msg = f"unknown check kind {err['input'].get('kind')!r} (known: {', '.join(_KINDS)})"
+        elif err["type"] == "union_tag_not_found":
+            msg = "a check needs a 'kind'"
+        raise ConfigError(path, msg, line=no, field=where) from None
+    return PromptRecord(id=str(row.get("id") or prompt_id(text)), prompt=text, checks=checks)
 
 
 def load_dataset_prompts(name: str, split: str = "train", field: str = "prompt"):

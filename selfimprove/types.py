@@ -117,6 +117,10 @@ class CritiqueResult(BaseModel):
 
     prompt_id: str
     prompt: str
+    prompt_checks: list[dict] = Field(
+        default_factory=list, description="the prompt's own checks (JSON), beside the "
+        "constitution's"
+    )
     constitution: str
     constitution_hash: str
     policy_version: str = "v0"

@@ -107,13 +107,13 @@ def test_self_generated_prompts_are_deduplicated(tmp_path):
     cfg = cfg.model_copy(update={"prompts": cfg.prompts.model_copy(update={"self_generated": 6})})
     ctx = build_context(prepare(cfg), RunDir(tmp_path / "run"),
                         roles=Roles(policy=ScriptedBackend(respond)), trainer=fake_trainer)
-    known = {_normalized(p) for _, p in ctx.train_prompts + ctx.heldout_prompts}
+    known = {_normalized(r.prompt) for r in ctx.train_prompts + ctx.heldout_prompts}
     new = asyncio.run(self_generated(ctx, 0, known))
-    texts = [t for _, t in new]
+    texts = [r.prompt for r in new]
     expected = [q for q in ["How do magnets work?", "Why do cats sleep so much?"]
                 if not ctx.store.is_heldout(q)]
     assert texts == expected
-    assert all(pid.startswith("self-") for pid, _ in new)
+    assert all(r.id.startswith("self-") for r in new)
 
 
 def _with_model(cfg, model: str):

@@ -52,18 +52,18 @@ def run_eval(args: argparse.Namespace) -> int:
     from selfimprove.registry import PolicyRegistry
     from selfimprove.rundir import RunDir
     from selfimprove.runner import load_run_config, prepare
-    from selfimprove.sources import load_prompts
+    from selfimprove.sources import load_prompt_records
 
     run = RunDir(args.run_dir)
     cfg = load_run_config(run)
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit", f"must be at least 1, got {args.limit}")
     if args.prompts:
-        prompts = [p for _, p in load_prompts(args.prompts)]
+        prompts = load_prompt_records(args.prompts)
         source = str(args.prompts)
     else:
         prepared = prepare(cfg, run.config_path)
-        prompts = [p for _, p in prepared.heldout_prompts]
+        prompts = prepared.heldout_prompts
         source = "held-out prompts of the run"
     prompts = prompts[: args.limit or cfg.gate.num_prompts]
     registry = PolicyRegistry(run.path)
@@ -101,6 +101,7 @@ def _summary(e) -> dict:
         "prompts": e.n_prompts,
         "violation_rate": e.violation_rate,
         "check_pass_rates": e.check_pass_rates,
+        "kind_pass_rates": e.kind_pass_rates,
         "repetition_rate": d.repetition_rate if d else None,
         "truncation_rate": d.truncation_rate if d else None,
         "near_empty_rate": d.near_empty_rate if d else None,
@@ -120,7 +121,7 @@ def _print_table(evals, source: str) -> None:
     table = Table(title=f"{len(evals[0].prompts) if evals else 0} {source}, greedy")
     columns = ["version", "violations", "repeats itself", "hit token cap", "near-empty",
                "mean words", "retention NLL"]
-    checks = sorted({cid for e in evals for cid in e.check_pass_rates})
+    checks = sorted({kind for e in evals for kind in e.kind_pass_rates})
     for col in columns + [f"pass {c}" for c in checks]:
         table.add_column(col, justify="left" if col == "version" else "right")
     for e in evals:
@@ -129,6 +130,6 @@ def _print_table(evals, source: str) -> None:
             e.version, fmt(s["violation_rate"]), fmt(s["repetition_rate"]),
             fmt(s["truncation_rate"]), fmt(s["near_empty_rate"]), fmt(s["mean_words"], ".1f"),
             fmt(s["retention_nll"], ".3f"),
-            *(fmt(e.check_pass_rates.get(c)) for c in checks),
+            *(fmt(e.kind_pass_rates.get(c)) for c in checks),
         )
     Console().print(table)

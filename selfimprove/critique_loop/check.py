@@ -1,4 +1,4 @@
-"""check: run the constitution's executable checks on the current response."""
+"""check: run the constitution's and the prompt's executable checks on the current response."""
 
 from __future__ import annotations
 
@@ -9,4 +9,4 @@ from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
 
 
 async def check(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> CritiqueState:
-    return {"checks": run_checks(runtime.context.constitution, state["response"])}
+    return {"checks": run_checks(runtime.context.checks_for(state), state["response"])}

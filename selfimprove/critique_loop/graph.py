@@ -16,6 +16,7 @@ from selfimprove.critique_loop.judge import judge
 from selfimprove.critique_loop.refine import refine
 from selfimprove.critique_loop.state import CritiqueContext, CritiqueInput, CritiqueState
 from selfimprove.hashing import prompt_id
+from selfimprove.sources import PromptRecord
 from selfimprove.types import CritiqueResult, passes
 
 MIN_ROUNDS = 1  # Constitutional AI always revises at least once, even with no failed check
@@ -63,6 +64,7 @@ def to_result(state: CritiqueState, ctx: CritiqueContext) -> CritiqueResult:
     return CritiqueResult(
         prompt_id=state["prompt_id"],
         prompt=state["prompt"],
+        prompt_checks=state.get("prompt_checks") or [],
         constitution=ctx.constitution.name,
         constitution_hash=ctx.constitution.content_hash,
         policy_version=ctx.policy_version,
@@ -78,19 +80,27 @@ def to_result(state: CritiqueState, ctx: CritiqueContext) -> CritiqueResult:
     )
 
 
-def _input(item: str | tuple[str, str]) -> CritiqueInput:
+#: what the plain calls accept as one prompt: its text, ``(id, text)``, or a record with the
+#: prompt's own checks
+PromptLike = str | tuple[str, str] | PromptRecord
+
+
+def _input(item: PromptLike) -> CritiqueInput:
+    if isinstance(item, PromptRecord):
+        return {"prompt_id": item.id, "prompt": item.prompt,
+                "prompt_checks": item.checks_json()}
     pid, text = item if isinstance(item, tuple) else (prompt_id(item), item)
     return {"prompt_id": pid, "prompt": text}
 
 
-async def acritique(prompt: str, ctx: CritiqueContext) -> CritiqueResult:
+async def acritique(prompt: PromptLike, ctx: CritiqueContext) -> CritiqueResult:
     """Run the critique loop on one prompt (the plain-call way to embed it)."""
     state = await critique_graph().ainvoke(_input(prompt), context=ctx)
     return to_result(state, ctx)
 
 
 async def iter_critiques(
-    prompts: Sequence[str | tuple[str, str]], ctx: CritiqueContext, max_concurrency: int = 64
+    prompts: Sequence[PromptLike], ctx: CritiqueContext, max_concurrency: int = 64
 ) -> AsyncIterator[tuple[int, CritiqueResult]]:
     """Run many prompts concurrently, yielding ``(index, result)`` as each finishes.
 
@@ -99,7 +109,7 @@ async def iter_critiques(
     graph = critique_graph()
     limit = asyncio.Semaphore(max_concurrency)
 
-    async def one(i: int, item: str | tuple[str, str]) -> tuple[int, CritiqueResult]:
+    async def one(i: int, item: PromptLike) -> tuple[int, CritiqueResult]:
         async with limit:
             state = await graph.ainvoke(_input(item), context=ctx)
         return i, to_result(state, ctx)
@@ -114,7 +124,7 @@ async def iter_critiques(
 
 
 async def critique_many(
-    prompts: Sequence[str | tuple[str, str]], ctx: CritiqueContext, max_concurrency: int = 64
+    prompts: Sequence[PromptLike], ctx: CritiqueContext, max_concurrency: int = 64
 ) -> list[CritiqueResult]:
     """Run many prompts concurrently; results in input order."""
     out: list[CritiqueResult | None] = [None] * len(prompts)

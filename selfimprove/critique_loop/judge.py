@@ -34,6 +34,6 @@ async def judge(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Crit
     if samples:
         update["sample_scores"] = list(results) if results else [None] * len(samples)
         update["sample_checks_passed"] = [
-            passes(run_checks(ctx.constitution.checks, s)) for s in samples
+            passes(run_checks(ctx.checks_for(state), s)) for s in samples
         ]
     return update

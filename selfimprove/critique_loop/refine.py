@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from langgraph.runtime import Runtime
 
-from selfimprove.checks import run_checks
+from selfimprove.checks import Check, run_checks
 from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
 from selfimprove.critique_loop.text import failed_checks_text, prompt_seed
 from selfimprove.prompts import user
@@ -38,7 +38,7 @@ async def refine(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Cri
             "seed": prompt_seed(ctx.seed, state["prompt_id"], "revise", state.get("round", 0)),
         })
     (outs,) = await ctx.roles.reviser.generate([conv], params)
-    out = best_revision(outs, ctx)
+    out = best_revision(outs, ctx.checks_for(state))
     # An empty revision would be worse than none: keep the current response then.
     revision = out.text or state["response"]
     record = RoundRecord(
@@ -58,9 +58,9 @@ async def refine(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Cri
     }
 
 
-def best_revision(outs: Sequence[Completion], ctx: CritiqueContext) -> Completion:
+def best_revision(outs: Sequence[Completion], checks: Sequence[Check]) -> Completion:
     """The first revision that ended on its own and passes the hard checks; else the first
     that ended; else the first (the order is the sampler's, so ties keep it)."""
     ended = [o for o in outs if o.text.strip() and o.finish_reason == "stop"]
-    clean = [o for o in ended if passes(run_checks(ctx.constitution, o.text))]
+    clean = [o for o in ended if passes(run_checks(checks, o.text))]
     return (clean or ended or list(outs))[0]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
+from typing_extensions import NotRequired
+
+from selfimprove.checks import Check
 from selfimprove.roles import Roles
 from selfimprove.types import CheckResult, Critique, RoundRecord, Verdict
 
@@ -20,11 +23,13 @@ __all__ = ["CritiqueContext", "CritiqueInput", "CritiqueState", "Roles"]
 class CritiqueInput(TypedDict):
     prompt_id: str
     prompt: str
+    prompt_checks: NotRequired[list[dict[str, Any]]]  # the prompt's own checks (JSON)
 
 
 class CritiqueState(TypedDict, total=False):
     prompt_id: str
     prompt: str
+    prompt_checks: list[dict[str, Any]]  # the prompt's own checks (JSON)
     first_response: str
     response: str  # the current response: the first one, then each revision
     round: int  # revisions made so far
@@ -36,6 +41,15 @@ class CritiqueState(TypedDict, total=False):
     sample_scores: list[float | None]
     verdict: Verdict | None
     generated_tokens: Annotated[int, operator.add]
+
+
+def prompt_checks(raw: list[dict[str, Any]] | None) -> tuple[Check, ...]:
+    """A prompt's checks from their JSON form (validated when the prompt was loaded)."""
+    if not raw:
+        return ()
+    from selfimprove.sources import parse_prompt_checks
+
+    return parse_prompt_checks(raw)
 
 
 @dataclass
@@ -55,6 +69,10 @@ class CritiqueContext:
     @property
     def policy_version(self) -> str:
         return self.roles.policy_version
+
+    def checks_for(self, state: CritiqueState) -> list[Check]:
+        """The constitution's checks followed by the prompt's own."""
+        return [*self.constitution.checks, *prompt_checks(state.get("prompt_checks"))]
 
     def pairwise_judge(self, backend: Backend | None = None) -> PairwiseJudge:
         """The constitution's pairwise judge with every judge setting of this context;

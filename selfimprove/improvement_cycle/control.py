@@ -22,6 +22,7 @@ from selfimprove.constitution import Constitution
 from selfimprove.critique_loop.state import CritiqueContext
 from selfimprove.critique_loop.text import prompt_seed, trim_to_words, word_limit
 from selfimprove.judges import checks_verdict
+from selfimprove.sources import PromptRecord
 from selfimprove.types import CritiqueResult, Message, RoundRecord, Verdict, passes
 
 __all__ = ["control_kind", "control_results"]
@@ -34,17 +35,19 @@ def control_kind(cfg: ControlConfig, constitution: Constitution) -> str:
     return "trim" if word_limit(constitution) is not None else "best_of_checks"
 
 
-def _result(ctx: CritiqueContext, pid: str, prompt: str, first: str, final: str,
+def _result(ctx: CritiqueContext, record: PromptRecord, first: str, final: str,
             tokens: int) -> CritiqueResult:
-    first_checks = run_checks(ctx.constitution, first)
-    final_checks = run_checks(ctx.constitution, final)
+    checks = [*ctx.constitution.checks, *record.checks]
+    first_checks = run_checks(checks, first)
+    final_checks = run_checks(checks, final)
     a_ok, b_ok = passes(first_checks), passes(final_checks)
     verdict = (checks_verdict(a_passes=a_ok, b_passes=b_ok) if a_ok != b_ok
                else Verdict(winner="tie", decided_by="checks", a_passes_checks=a_ok,
                             b_passes_checks=b_ok))
     return CritiqueResult(
-        prompt_id=pid,
-        prompt=prompt,
+        prompt_id=record.id,
+        prompt=record.prompt,
+        prompt_checks=record.checks_json(),
         constitution=ctx.constitution.name,
         constitution_hash=ctx.constitution.content_hash,
         policy_version=ctx.policy_version,
@@ -58,29 +61,29 @@ def _result(ctx: CritiqueContext, pid: str, prompt: str, first: str, final: str,
 
 
 async def control_results(
-    ctx: CritiqueContext, batch: Sequence[tuple[str, str]], cfg: ControlConfig
+    ctx: CritiqueContext, batch: Sequence[PromptRecord], cfg: ControlConfig
 ) -> list[CritiqueResult]:
     """One result per prompt, made without critic, reviser or judge."""
-    convs = [[Message(role="user", content=p)] for _, p in batch]
+    convs = [[Message(role="user", content=r.prompt)] for r in batch]
     policy = ctx.roles.policy
     if control_kind(cfg, ctx.constitution) == "trim":
         limit = word_limit(ctx.constitution)
         assert limit is not None, "trim needs a hard max_words check"
         outs = await policy.generate(convs, ctx.roles.policy_sampling)
         return [
-            _result(ctx, pid, prompt, out.text, trim_to_words(out.text, limit), out.num_tokens)
-            for (pid, prompt), (out,) in zip(batch, outs, strict=True)
+            _result(ctx, record, out.text, trim_to_words(out.text, limit), out.num_tokens)
+            for record, (out,) in zip(batch, outs, strict=True)
         ]
     results = []
-    for (pid, prompt), conv in zip(batch, convs, strict=True):
+    for record, conv in zip(batch, convs, strict=True):
         params = ctx.roles.sample_sampling.model_copy(
-            update={"n": cfg.samples, "seed": prompt_seed(ctx.seed, pid)}
+            update={"n": cfg.samples, "seed": prompt_seed(ctx.seed, record.id)}
         )
         (samples,) = await policy.generate([conv], params)
         texts = [s.text for s in samples if s.finish_reason == "stop"] or [samples[0].text]
-        ok = [passes(run_checks(ctx.constitution, t)) for t in texts]
+        ok = [passes(run_checks([*ctx.constitution.checks, *record.checks], t)) for t in texts]
         chosen = next((t for t, good in zip(texts, ok, strict=True) if good), texts[0])
         rejected = next((t for t, good in zip(texts, ok, strict=True) if not good), texts[-1])
         tokens = sum(s.num_tokens for s in samples)
-        results.append(_result(ctx, pid, prompt, rejected, chosen, tokens))
+        results.append(_result(ctx, record, rejected, chosen, tokens))
     return results

@@ -10,6 +10,7 @@ from selfimprove.critique_loop.graph import iter_critiques
 from selfimprove.improvement_cycle.control import control_results
 from selfimprove.improvement_cycle.state import CycleContext, CycleState
 from selfimprove.improvement_cycle.timing import timed
+from selfimprove.sources import PromptRecord
 
 
 async def critique_prompts(state: CycleState, runtime: Runtime[CycleContext]) -> CycleState:
@@ -19,7 +20,7 @@ async def critique_prompts(state: CycleState, runtime: Runtime[CycleContext]) ->
     cctx = ctx.critique_for(ctx.registry.current(), seed=ctx.critique.seed + state["cycle"])
     stats = getattr(unwrap(ctx.critique.roles.judge), "stats", None)  # type: ignore[arg-type]
     judged_before = stats.seconds_forward if stats else 0.0
-    batch = [(pid, text) for pid, text in state["batch"]]
+    batch = [PromptRecord.model_validate(r) for r in state["batch"]]
     with timed(seconds, "generation"):
         if ctx.arm == "control":
             done = await control_results(cctx, batch, ctx.cfg.control)

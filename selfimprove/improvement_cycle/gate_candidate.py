@@ -37,7 +37,7 @@ async def gate_candidate(state: CycleState, runtime: Runtime[CycleContext]) -> C
                 roles.policy,
                 ctx.registry.get(candidate),
                 incumbent,
-                inc_eval.prompts,
+                ctx.eval_prompts,
                 ctx.critique.constitution,
                 ctx.cfg.gate,
                 judge=ctx.critique.pairwise_judge(judge_backend),

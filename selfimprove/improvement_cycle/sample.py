@@ -11,10 +11,11 @@ from langgraph.runtime import Runtime
 from selfimprove.hashing import prompt_id
 from selfimprove.improvement_cycle.state import CycleContext, CycleState
 from selfimprove.prompts import user
+from selfimprove.sources import PromptRecord
 from selfimprove.types import SamplingParams
 
 
-def cycle_batch(prompts: list[tuple[str, str]], size: int, cycle: int, seed: int):
+def cycle_batch(prompts: list[PromptRecord], size: int, cycle: int, seed: int):
     """Walk a seeded permutation of ``prompts`` so consecutive cycles see different prompts."""
     order = list(prompts)
     random.Random(seed).shuffle(order)
@@ -26,7 +27,7 @@ def _normalized(text: str) -> str:
     return re.sub(r"\W+", " ", text).strip().lower()
 
 
-async def self_generated(ctx: CycleContext, cycle: int, known: set[str]) -> list[tuple[str, str]]:
+async def self_generated(ctx: CycleContext, cycle: int, known: set[str]) -> list[PromptRecord]:
     """New prompts from the policy: seeded samples, one question each, deduplicated against
     every known prompt (held-out ones included) and each other; held-out hashes are dropped."""
     n = ctx.cfg.prompts.self_generated
@@ -34,7 +35,7 @@ async def self_generated(ctx: CycleContext, cycle: int, known: set[str]) -> list
                             seed=ctx.cfg.seed * 1000 + cycle)
     writer = ctx.critique_for(ctx.registry.current()).roles.policy
     (samples,) = await writer.generate([user("self_prompt")], params)
-    out: list[tuple[str, str]] = []
+    out: list[PromptRecord] = []
     for sample in samples:
         text = sample.text.strip().strip('"').splitlines()[0].strip() if sample.text else ""
         key = _normalized(text)
@@ -43,7 +44,7 @@ async def self_generated(ctx: CycleContext, cycle: int, known: set[str]) -> list
         if ctx.store.is_heldout(text):  # the store would refuse it for training
             continue
         known.add(key)
-        out.append((f"self-{prompt_id(text)}", text))
+        out.append(PromptRecord(id=f"self-{prompt_id(text)}", prompt=text))
     return out
 
 
@@ -53,13 +54,13 @@ async def sample(state: CycleState, runtime: Runtime[CycleContext]) -> CycleStat
     batch = cycle_batch(ctx.train_prompts, ctx.cfg.batch_size, c, ctx.cfg.seed)
     note = ""
     if ctx.cfg.prompts.self_generated:
-        known = {_normalized(p) for _, p in ctx.train_prompts + ctx.heldout_prompts}
+        known = {_normalized(r.prompt) for r in ctx.train_prompts + ctx.heldout_prompts}
         extra = await self_generated(ctx, c, known)
         batch += extra
         note = f" (+{len(extra)} written by the policy)"
     ctx.progress("sample", f"cycle {c + 1}/{ctx.cfg.cycles}: {len(batch)} prompts{note}")
     return {
-        "batch": [list(p) for p in batch],
+        "batch": [r.model_dump(mode="json") for r in batch],
         "stage_seconds": {},
         "candidate": None,
         "train_metrics": {},

@@ -13,13 +13,14 @@ if TYPE_CHECKING:
     from selfimprove.critique_loop.state import CritiqueContext
     from selfimprove.registry import PolicyRegistry
     from selfimprove.rundir import RunDir
+    from selfimprove.sources import PromptRecord
     from selfimprove.store import PreferenceStore
     from selfimprove.types import PolicyRef
 
 
 class CycleState(TypedDict, total=False):
     cycle: int  # the cycle in progress, 0-based (records and files say cycle + 1)
-    batch: list[list[str]]  # [prompt_id, prompt] pairs of this cycle
+    batch: list[dict[str, Any]]  # this cycle's prompt records (JSON)
     results: list[dict[str, Any]]  # critique results (JSON), cleared once harvested
     harvested: dict[str, Any]  # counts of the cycle's harvest
     pairs_since_train: int
@@ -51,8 +52,8 @@ class CycleContext:
     store: PreferenceStore
     registry: PolicyRegistry
     critique: CritiqueContext
-    train_prompts: list[tuple[str, str]]
-    heldout_prompts: list[tuple[str, str]]
+    train_prompts: list[PromptRecord]
+    heldout_prompts: list[PromptRecord]
     #: replaces :func:`selfimprove.training.policy.train` (same arguments); None: the real one
     trainer: Callable[..., Any] | None
     #: called with (stage, message) for live progress
@@ -68,5 +69,6 @@ class CycleContext:
         return dataclasses.replace(self.critique, **changes)
 
     @property
-    def eval_prompts(self) -> list[str]:
-        return [p for _, p in self.heldout_prompts[: self.cfg.gate.num_prompts]]
+    def eval_prompts(self) -> list[PromptRecord]:
+        """The held-out prompts every version is evaluated on (with their own checks)."""
+        return self.heldout_prompts[: self.cfg.gate.num_prompts]
