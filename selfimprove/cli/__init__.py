@@ -13,7 +13,7 @@ from selfimprove.errors import SelfImproveError
 
 # Command modules, in the order they appear in --help.
 COMMANDS = (
-    "critique", "run", "report", "eval", "data", "train", "policies", "constitution"
+    "critique", "run", "report", "eval", "data", "train", "policies", "constitution", "prompts"
 )
 
 

@@ -1,0 +1,146 @@
+"""Checks that come with the prompt: located errors, and the same use as a constitution's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from selfimprove.backends.base import Backend
+from selfimprove.backends.scripted import ScriptedBackend
+from selfimprove.config import HarvestConfig
+from selfimprove.constitution import load_constitution
+from selfimprove.critique_loop import CritiqueContext, acritique
+from selfimprove.errors import ConfigError
+from selfimprove.evaluation import evaluate_policy
+from selfimprove.harvest import harvest
+from selfimprove.roles import Roles
+from selfimprove.sources import PromptRecord, load_prompt_records
+from selfimprove.types import PolicyRef, SamplingParams
+
+FORBID_X = {"id": "no_x", "kind": "forbid_regex", "pattern": "x"}
+MAX_3 = {"id": "max_3_words", "kind": "max_words", "value": 3}
+
+
+def write(tmp_path: Path, *rows: object) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_records_carry_their_checks(tmp_path):
+    path = write(tmp_path, {"prompt": "Say hi.", "id": "p1", "checks": [MAX_3]},
+                 {"prompt": "Say bye.", "id": "p2"})
+    first, second = load_prompt_records(path)
+    assert (first.id, first.prompt, [c.id for c in first.checks]) == ("p1", "Say hi.",
+                                                                      ["max_3_words"])
+    assert second.checks == ()
+    assert first.checks_json() == [first.checks[0].model_dump(mode="json")]
+
+
+@pytest.mark.parametrize(
+    ("checks", "field", "message"),
+    [
+        ([{"id": "a", "kind": "sparkles"}], "checks[0]", "unknown check kind 'sparkles'"),
+        ([{"id": "a", "kind": "max_words"}], "checks[0].value", "Field required"),
+        ([{"id": "a", "kind": "max_words", "value": "ten"}], "checks[0].value",
+         "Input should be a valid integer"),
+        ([MAX_3, {"id": "r", "kind": "require_regex", "pattern": "(unclosed"}],
+         "checks[1].pattern", "invalid regular expression"),
+        ([{"id": "a"}], "checks[0]", "a check needs a 'kind'"),
+    ],
+)
+def test_bad_prompt_checks_are_located(tmp_path, checks, field, message):
+    path = write(tmp_path, {"prompt": "fine"}, {"prompt": "Say hi.", "checks": checks})
+    with pytest.raises(ConfigError) as info:
+        load_prompt_records(path)
+    err = info.value
+    assert (err.path, err.line, err.field) == (str(path), 2, field)
+    assert message in err.detail
+
+
+class Recording(Backend):
+    """Any backend, with every conversation it was asked about recorded."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.supports_logprobs = inner.supports_logprobs
+        self.seen: list[str] = []
+
+    @property
+    def policy(self):
+        return self.inner.policy
+
+    async def load_policy(self, policy: PolicyRef) -> None:
+        await self.inner.load_policy(policy)
+
+    async def generate(self, conversations, params):
+        self.seen += [c[-1].content for c in conversations]
+        return await self.inner.generate(conversations, params)
+
+    async def option_logprobs(self, conversations, options):
+        return await self.inner.option_logprobs(conversations, options)
+
+
+async def test_prompt_checks_join_the_loop_on_a_scripted_backend():
+    backend = ScriptedBackend(lambda conv, params: "x marks the spot, friend")
+    recording = Recording(backend)
+    ctx = CritiqueContext(constitution=load_constitution("hhh"), roles=Roles(policy=recording),
+                          max_rounds=1)
+    record = PromptRecord(id="p1", prompt="Where is it?", checks=tuple(
+        load_prompt_records_from([FORBID_X])))
+    result = await acritique(record, ctx)
+    first = {c.check_id: c.passed for c in result.rounds[0].checks}
+    assert first["no_x"] is False
+    assert result.rounds[0].critique is not None
+    assert "no_x" in result.rounds[0].critique.failed_checks
+    assert any("no_x" in text for text in recording.seen)  # named to the critic
+    assert result.prompt_checks == [record.checks[0].model_dump(mode="json")]
+    # harvest records which prompt checks applied
+    out = harvest([result], HarvestConfig())
+    rows = out.pairs + out.sft
+    for row in rows:
+        assert json.loads(row["check_results"])["prompt_checks"] == result.prompt_checks
+
+
+def load_prompt_records_from(checks):
+    from selfimprove.sources import parse_prompt_checks
+
+    return parse_prompt_checks(checks)
+
+
+async def test_evaluation_applies_each_prompts_checks_to_its_own_answer():
+    backend = ScriptedBackend(lambda conv, params: "one two three four")
+    records = [PromptRecord(id="a", prompt="A?", checks=load_prompt_records_from([MAX_3])),
+               PromptRecord(id="b", prompt="B?")]
+    ev = await evaluate_policy(backend, PolicyRef(), records, load_constitution("hhh"),
+                               SamplingParams(max_new_tokens=8), retention=[])
+    assert ev.passes_checks == [False, True]
+    assert ev.check_pass_rates["max_3_words"] == 0.0  # applied once, failed once
+    # hhh's own max_words check passed on both answers, the prompt's failed on its one
+    assert ev.kind_pass_rates["max_words"] == pytest.approx(2 / 3)
+    assert ev.prompts == ["A?", "B?"]
+
+
+@pytest.mark.slow
+async def test_a_failed_prompt_check_is_named_to_the_critic_on_the_embedded_model(
+    embedded_backend,
+):
+    recording = Recording(embedded_backend)
+    roles = Roles(policy=recording, policy_sampling=SamplingParams(max_new_tokens=48),
+                  critic_sampling=SamplingParams(max_new_tokens=24),
+                  reviser_sampling=SamplingParams(max_new_tokens=48))
+    ctx = CritiqueContext(constitution=load_constitution("hhh"), roles=roles, max_rounds=1)
+    # The model answers in sentence case, so a lowercase-only rule fails on its first answer.
+    checks = load_prompt_records_from([{"id": "all_lowercase", "kind": "forbid_regex",
+                                        "pattern": "[A-Z]"}])
+    record = PromptRecord(id="storm", prompt="Describe a thunderstorm in one sentence. Write "
+                          "in lowercase letters only.", checks=checks)
+    result = await acritique(record, ctx)
+    first = {c.check_id: c for c in result.rounds[0].checks}
+    assert first["all_lowercase"].passed is False
+    critique_requests = [t for t in recording.seen if "all_lowercase" in t]
+    assert critique_requests, "the failed prompt check was not named to the critic"
+    assert result.rounds[0].critique is not None
+    assert result.rounds[0].critique.failed_checks == ["all_lowercase"]
