@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from selfimprove.harvest import HarvestConfig, harvest
+from selfimprove.config import HarvestConfig
+from selfimprove.harvest import harvest
 from selfimprove.store import PAIR_COLUMNS, SFT_COLUMNS, PreferenceStore, content_hash
 from selfimprove.types import (
     CheckResult,
@@ -52,6 +53,7 @@ def result(
     first_checks: list[CheckResult] | None = None,
     final_checks: list[CheckResult] | None = None,
     revised: bool = True,
+    truncated: bool = False,
     **extra,
 ) -> CritiqueResult:
     first_checks = first_checks if first_checks is not None else [check(True)]
@@ -64,6 +66,7 @@ def result(
             critique=Critique(round=0, principle_ids=["concise", "honest"],
                               text="Too wordy; get to the point."),
             revision=final if revised else None,
+            revision_truncated=truncated,
         ),
         RoundRecord(round=1, response=final, checks=final_checks),
     ]
@@ -261,6 +264,48 @@ def test_sft_rows_only_when_final_passes():
     assert row["content_hash"] == content_hash(row)
     relaxed = run([bad], sft_requires_checks=False)
     assert [r["prompt_id"] for r in relaxed.sft] == ["bad"]
+
+
+def test_truncated_revision_is_neither_a_pair_nor_an_sft_row():
+    """A revision that ran out of its token budget would teach stopping mid-answer."""
+    cut = result(prompt_id="cut", truncated=True)
+    assert cut.final_truncated
+    out = run([cut, result(prompt_id="ok")])
+    assert [r["prompt_id"] for r in out.pairs] == ["ok"]
+    assert [r["prompt_id"] for r in out.sft] == ["ok"]
+    assert out.dropped == {"truncated_revision": 1, "truncated_sft": 1}
+    assert out.kept == {"revision": 1, "sft": 1}
+    # even when the checks would decide for it, and however lax the SFT rule
+    decided = result(prompt_id="cut2", truncated=True, first_checks=[check(False)])
+    out = run([decided, cut], sft_requires_checks=False)
+    assert out.pairs == [] and out.sft == []
+    assert out.dropped == {"truncated_revision": 2, "truncated_sft": 2}
+
+
+def test_only_the_last_revision_counts_as_the_final_one():
+    """An earlier revision cut short, revised again in full, is a clean example."""
+    r = result(truncated=True)
+    rounds = [*r.rounds[:1], RoundRecord(round=1, response=FINAL, checks=[check(True)],
+                                         revision=FINAL + " Indeed."),
+              RoundRecord(round=2, response=FINAL + " Indeed.", checks=[check(True)])]
+    clean = r.model_copy(update={"rounds": rounds, "final_response": FINAL + " Indeed."})
+    assert not clean.final_truncated
+    out = run([clean])
+    assert out.dropped == {} and len(out.pairs) == 1 and len(out.sft) == 1
+    cut = clean.model_copy(update={"rounds": [
+        *rounds[:1], rounds[1].model_copy(update={"revision_truncated": True}), rounds[2]]})
+    assert cut.final_truncated
+    assert run([cut]).dropped == {"truncated_revision": 1, "truncated_sft": 1}
+
+
+def test_truncated_revision_leaves_best_of_n_pairs_alone(tmp_path):
+    r = best_of_n([1.0, 4.0], [True, True], truncated=True)
+    out = run([r], strategies=["revision", "best_of_n"])
+    assert [p["strategy"] for p in out.pairs] == ["best_of_n"]  # the samples were not cut
+    assert out.dropped == {"truncated_revision": 1, "truncated_sft": 1}
+    store = PreferenceStore(tmp_path, heldout_fraction=0.0)
+    store.append(out.pairs, out.sft, "cycle2-batch0", dropped=out.dropped)
+    assert store.stats()["dropped"] == {"truncated_revision": 1, "truncated_sft": 1}
 
 
 def test_config_forbids_unknown_keys_and_bad_values():

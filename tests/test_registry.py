@@ -266,6 +266,31 @@ def test_rejected_candidate_never_becomes_current(tmp_path: Path) -> None:
         registry.mark_rejected("v0", "no")
 
 
+def test_commit_records_the_cycle_and_trained_in_finds_it(tmp_path: Path) -> None:
+    registry = PolicyRegistry(tmp_path)
+    assert registry.record("v0").cycle is None
+    assert registry.trained_in(1, "dpo") is None
+    v1 = commit(registry, cycle=1)
+    v2 = registry.commit(stage(registry), parent="v0", method="sft", cycle=1).version
+    v3 = commit(registry, parent=v1, cycle=2)
+    untagged = commit(registry)  # trained outside a cycle (selfimprove train)
+    record = json.loads((tmp_path / "policies" / v3 / "policy.json").read_text())
+    assert record["cycle"] == 2
+    reopened = PolicyRegistry(tmp_path)
+    assert reopened.record(untagged).cycle is None
+    assert reopened.trained_in(1, "dpo") == v1
+    assert reopened.trained_in(1, "sft") == v2
+    assert reopened.trained_in(2, "dpo") == v3
+    assert reopened.trained_in(2, "sft") is None and reopened.trained_in(3, "dpo") is None
+    # a rejected candidate was still trained in its cycle: a resumed run must not train again
+    reopened.mark_rejected(v3, "lost the gate")
+    assert reopened.trained_in(2, "dpo") == v3
+    # a corrupt one is not a usable result of its cycle
+    (tmp_path / "policies" / v1 / "adapter" / "adapter_model.safetensors").unlink()
+    assert reopened.trained_in(1, "dpo") is None
+    assert reopened.trained_in(1, "sft") == v2
+
+
 def test_record_eval_appends(tmp_path: Path) -> None:
     registry = PolicyRegistry(tmp_path)
     v1 = commit(registry)

@@ -1,4 +1,8 @@
-"""The run report: markdown table, headline, plots, loading cycle records and the CLI."""
+"""The run report: markdown tables, headline, plots, degeneration, judge, control, the CLI.
+
+The report reads everything through :class:`~selfimprove.rundir.RunDir` (its own loaders are
+tested in tests/test_rundir.py).
+"""
 
 from __future__ import annotations
 
@@ -10,44 +14,66 @@ import pytest
 
 from selfimprove.cli import main as cli_main
 from selfimprove.cli.report import run_report
-from selfimprove.evaluate import EvalResult, GateConfig, PolicyEval, wilson_interval
-from selfimprove.report import (
-    CycleRecord,
-    ReportError,
-    load_baseline,
-    load_cycles,
-    load_summary,
-    write_report,
-)
+from selfimprove.config import GateConfig, RunConfig
+from selfimprove.degeneration import DegenerationStats
+from selfimprove.gate import GateResult, PolicyEval, wilson_interval
+from selfimprove.judges.diagnostics import JudgeDiagnostics
+from selfimprove.report import ReportError, write_report
+from selfimprove.rundir import CycleRecord, RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROMPTS = ["Why is the sky blue?", "Name a prime number.", "What is 2 + 2?", "Define entropy."]
-PLOTS = ("violation_rate", "win_rate", "length", "dpo_margins")
+PLOTS = ("violation_rate", "win_rate", "length", "dpo_margins", "degeneration")
 
 
-def policy_eval(version: str, violation_rate: float, words: float, nll: float) -> PolicyEval:
+def policy_eval(
+    version: str, violation_rate: float, words: float, nll: float,
+    rates: tuple[float, float | None, float] | None = (0.0, 0.0, 0.0),
+    pass_rates: dict[str, float] | None = None,
+) -> PolicyEval:
+    """``rates``: repetition, truncation and near-empty (None: an old record without them)."""
+    deg = None
+    if rates is not None:
+        rep, trunc, empty = rates
+        deg = DegenerationStats(n=len(PROMPTS), repetition_rate=rep, truncation_rate=trunc,
+                                near_empty_rate=empty, mean_words=words, median_words=words)
     return PolicyEval(
         version=version, violation_rate=violation_rate, mean_words=words, retention_nll=nll,
         n_prompts=len(PROMPTS), prompts=PROMPTS,
         responses=[f"{version} says: answer {i} | with a pipe" for i in range(len(PROMPTS))],
         passes_checks=[True] * len(PROMPTS),
+        check_pass_rates=pass_rates or {}, degeneration=deg,
     )
 
 
-def eval_result(inc: PolicyEval, cand: PolicyEval, w: int, t: int, lo: int, reasons=()):
+RELIABLE = JudgeDiagnostics(
+    n=4, decided_by_checks=0.25, judged=3, decisive=3, consistent=3, position_consistency=1.0,
+    flip_rate=0.0, tie_rate=0.0, abstain_rate=0.0, first_slot_rate=0.5, mean_margin=0.6,
+    near_chance=False,
+)
+NEAR_CHANCE = JudgeDiagnostics(
+    n=4, decided_by_checks=0.0, judged=4, decisive=4, consistent=2, position_consistency=0.5,
+    flip_rate=0.5, tie_rate=0.5, abstain_rate=0.0, first_slot_rate=1.0, mean_margin=0.05,
+    near_chance=True,
+)
+
+
+def eval_result(inc: PolicyEval, cand: PolicyEval, w: int, t: int, lo: int, reasons=(),
+                judge: JudgeDiagnostics | None = None):
     n = w + t + lo
-    return EvalResult(
+    return GateResult(
         candidate=cand, incumbent=inc, win_rate=(w + t / 2) / n,
         win_rate_ci=wilson_interval(w + t / 2, n), wins=w, ties=t, losses=lo, abstains=0,
         length_ratio=cand.mean_words / inc.mean_words,
         retention_increase=(cand.retention_nll - inc.retention_nll) / inc.retention_nll,
         passed=not reasons, reasons=list(reasons), thresholds=GateConfig().model_dump(mode="json"),
+        judge=judge,
     )
 
 
-V0 = policy_eval("v0", 0.5, 40.0, 2.0)
-V1 = policy_eval("v1", 0.25, 30.0, 2.02)
-V2 = policy_eval("v2", 0.5, 50.0, 2.5)
+V0 = policy_eval("v0", 0.5, 40.0, 2.0, (0.0, 0.25, 0.0), {"max_words": 0.5, "no_filler": 0.75})
+V1 = policy_eval("v1", 0.25, 30.0, 2.02, (0.25, 0.0, 0.0), {"max_words": 0.75, "no_filler": 1.0})
+V2 = policy_eval("v2", 0.5, 50.0, 2.5, (0.5, 0.5, 0.25), {"max_words": 0.5, "no_filler": 0.5})
 
 
 def cycles(with_margins: bool = True) -> list[dict]:
@@ -59,14 +85,15 @@ def cycles(with_margins: bool = True) -> list[dict]:
         CycleRecord(
             cycle=1, prompts=16, pairs_kept=9, sft_rows=12, dropped={"tie": 5, "duplicate": 2},
             trained=True, train_method="dpo", train_metrics=dpo, candidate="v1",
-            eval=eval_result(V0, V1, 3, 0, 1), decision="promoted", current="v1",
-            stage_seconds={"critique": 120.0, "train": 50.0, "evaluation": 30.0},
+            eval=eval_result(V0, V1, 3, 0, 1, judge=RELIABLE), decision="promoted",
+            current="v1", stage_seconds={"critique": 120.0, "train": 50.0, "evaluation": 30.0},
         ),
         CycleRecord(
             cycle=2, prompts=16, pairs_kept=7, sft_rows=10, dropped={"tie": 9}, trained=True,
             train_method="dpo",
             train_metrics={**dpo, "rewards/margins": -0.05} if with_margins else dpo,
-            candidate="v2", eval=eval_result(V1, V2, 1, 0, 3, ["win rate 0.25 < 0.40"]),
+            candidate="v2",
+            eval=eval_result(V1, V2, 1, 0, 3, ["win rate 0.25 < 0.40"], judge=NEAR_CHANCE),
             decision="rejected", reasons=["win rate 0.25 < 0.40"], current="v1",
         ),
         CycleRecord(
@@ -80,16 +107,37 @@ def cycles(with_margins: bool = True) -> list[dict]:
 SUMMARY = {"constitution": "concise", "model": "smollm2-135m-instruct"}
 
 
+def make_run(path: Path, baseline: PolicyEval | None = V0, summary: dict | None = None,
+             records: list[dict] | None = None) -> RunDir:
+    """A run directory as `selfimprove run` leaves it: config and summary, v0's evaluation,
+    the cycle records."""
+    run = RunDir(path)
+    if summary is not None:
+        run.create(RunConfig(), summary)
+    else:
+        run.path.mkdir(parents=True, exist_ok=True)
+    if baseline is not None:
+        run.save_eval(baseline)
+    for rec in records or []:
+        run.save_cycle(CycleRecord.model_validate(rec))
+    return run
+
+
 def assert_png(path: Path) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
     assert len(data) > 5000, f"{path} is suspiciously small ({len(data)} bytes)"
 
 
+def section(text: str, title: str) -> str:
+    """The body of the markdown section ``## title``."""
+    return text.split(f"## {title}\n")[1].split("\n## ")[0]
+
+
 def test_report_has_headline_table_plots_and_examples(tmp_path):
     run_dir = tmp_path / "run-7"
-    run_dir.mkdir()
-    out = write_report(run_dir, cycles(), baseline=V0, summary=SUMMARY)
+    make_run(run_dir, summary=SUMMARY)
+    out = write_report(run_dir, cycles())
     assert out == run_dir / "report.md"
     text = out.read_text()
     assert text.startswith("# Run report: run-7\n")
@@ -118,34 +166,137 @@ def test_report_has_headline_table_plots_and_examples(tmp_path):
     assert "> What is 2 + 2?" not in text
     for version in ("v0", "v1"):
         assert f"> {version} says: answer 1 | with a pipe" in text
+    assert "## Loop vs control" not in text  # this run has no control arm
     assert not list(run_dir.glob("**/.*"))  # no temp files left behind
     assert out.stat().st_mode & 0o044 == 0o044  # readable by others, unlike a bare temp file
 
 
+def test_every_evaluated_version_shows_what_training_did_not_target(tmp_path):
+    make_run(tmp_path)
+    text = write_report(tmp_path, cycles()).read_text()
+    versions = section(text, "Every evaluated version (held-out prompts)")
+    rows = [line for line in versions.splitlines() if line.startswith("| ")]
+    assert rows == [
+        "| version | prompts | violations | repeats itself | hit token cap | near-empty "
+        "| mean words | retention NLL |",
+        "| v0 | 4 | 0.50 | 0.00 | 0.25 | 0.00 | 40.0 | 2.000 |",
+        "| v1 | 4 | 0.25 | 0.25 | 0.00 | 0.00 | 30.0 | 2.020 |",
+        "| v2 | 4 | 0.50 | 0.50 | 0.50 | 0.25 | 50.0 | 2.500 |",  # the rejected candidate too
+        # pass rate of each check
+        "| version | max_words | no_filler |",
+        "| v0 | 0.50 | 0.75 |",
+        "| v1 | 0.75 | 1.00 |",
+        "| v2 | 0.50 | 0.50 |",
+    ]
+    assert "Pass rate of each check:" in versions
+    assert_png(tmp_path / "plots" / "degeneration.png")
+
+
+def test_versions_without_degeneration_stats_show_dashes_and_no_plot(tmp_path):
+    old = {v: policy_eval(v, r, w, n, rates=None) for v, r, w, n in
+           (("v0", 0.5, 40.0, 2.0), ("v1", 0.25, 30.0, 2.02))}
+    make_run(tmp_path, baseline=old["v0"])
+    record = cycles()[0]
+    record["eval"] = eval_result(old["v0"], old["v1"], 3, 0, 1).model_dump()
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "degeneration.png").write_bytes(b"stale")
+    text = write_report(tmp_path, [record]).read_text()
+    versions = section(text, "Every evaluated version (held-out prompts)")
+    assert "| v0 | 4 | 0.50 | – | – | – | 40.0 | 2.000 |" in versions
+    assert "Pass rate of each check" not in versions  # no check rates recorded
+    assert not (tmp_path / "plots" / "degeneration.png").exists()
+    assert "degeneration.png" not in text
+
+
+def test_judge_reliability_per_cycle(tmp_path):
+    make_run(tmp_path)
+    text = write_report(tmp_path, cycles()).read_text()
+    lines = section(text, "Judge reliability (gate)").strip().splitlines()
+    assert lines == [
+        "- cycle 1: the judge was asked on 3 of 4 pairs; it agreed with itself across orders "
+        "on 3 of 3 (100%) and preferred the first slot 50% of the time, with a mean margin of "
+        "0.60: its verdicts carry signal. (consistency 1.00, ties 0.00, flips 0.00, abstains "
+        "0.00, decided by checks 0.25, mean margin 0.60)",
+        "- cycle 2: the judge was asked on 4 of 4 pairs; it agreed with itself across orders "
+        "on 2 of 4 (50%) and preferred the first slot 100% of the time, with a mean margin of "
+        "0.05: near chance, its verdicts carry little signal. (consistency 0.50, ties 0.50, "
+        "flips 0.50, abstains 0.00, decided by checks 0.00, mean margin 0.05)",
+    ]  # cycle 3 was not gated
+
+
+def control_cycles() -> list[dict]:
+    """The control arm: its candidate v1 (violation rate 0.40) promoted in cycle 1."""
+    c1 = policy_eval("v1", 0.4, 20.0, 2.1, (0.0, 0.0, 0.5))
+    rec = CycleRecord(cycle=1, prompts=16, pairs_kept=16, trained=True, train_method="dpo",
+                      candidate="v1", eval=eval_result(V0, c1, 2, 0, 2), decision="promoted",
+                      current="v1")
+    return [rec.model_dump(mode="json")]
+
+
+def test_loop_vs_control(tmp_path):
+    make_run(tmp_path, summary=SUMMARY)
+    control = make_run(tmp_path / "control", summary={"control arm": "trim"},
+                       records=control_cycles())
+    text = write_report(tmp_path, cycles()).read_text()
+    body = section(text, "Loop vs control")
+    assert "(`trim`)" in body
+    rows = [line for line in body.splitlines() if line.startswith("| ")]
+    assert rows[1:] == [
+        "| loop: v1 | 4 | 0.25 | 0.25 | 0.00 | 0.00 | 30.0 | 2.020 |",
+        "| control: v1 | 4 | 0.40 | 0.00 | 0.00 | 0.50 | 20.0 | 2.100 |",
+    ]
+    assert "On held-out violations the loop beat the control (0.25 vs 0.40)." in body
+    # a control that does better is reported as such
+    better = control_cycles()
+    better[0]["eval"]["candidate"]["violation_rate"] = 0.1
+    control.save_cycle(CycleRecord.model_validate(better[0]))
+    body = section(write_report(tmp_path, cycles()).read_text(), "Loop vs control")
+    assert "the loop did not beat the control (0.25 vs 0.10)" in body
+
+
+def test_control_without_finished_cycles_says_so(tmp_path):
+    make_run(tmp_path)
+    make_run(tmp_path / "control", summary={"control arm": "best_of_checks"})
+    body = section(write_report(tmp_path, cycles()).read_text(), "Loop vs control")
+    assert "(`best_of_checks`)" in body
+    assert "The control arm has not finished a cycle yet." in body
+
+
 def test_regenerating_is_idempotent(tmp_path):
-    first = write_report(tmp_path, cycles(), baseline=V0, summary=SUMMARY)
+    make_run(tmp_path, summary=SUMMARY)
+    first = write_report(tmp_path, cycles())
     before = {p.name: p.read_bytes() for p in [first, *sorted((tmp_path / "plots").iterdir())]}
-    second = write_report(tmp_path, cycles(), baseline=V0, summary=SUMMARY)
+    second = write_report(RunDir(tmp_path), cycles())  # a RunDir works as well as a path
     after = {p.name: p.read_bytes() for p in [second, *sorted((tmp_path / "plots").iterdir())]}
     assert second == first
     assert after == before
     assert sorted(before) == sorted(["report.md", *(f"{n}.png" for n in PLOTS)])
 
 
+def test_records_are_read_from_the_run_dir_by_default(tmp_path):
+    make_run(tmp_path, summary=SUMMARY, records=cycles())
+    given = write_report(tmp_path, cycles()).read_text()
+    # records read back from disk (their JSON keys sorted) give the same report
+    assert write_report(tmp_path).read_text() == given
+    assert "| gate | min_win_rate 0.4, max_violation_rate_delta 0.0, max_length_ratio" in given
+
+
 def test_missing_margins_skip_their_plot_and_remove_a_stale_one(tmp_path):
-    write_report(tmp_path, cycles(with_margins=True), baseline=V0)
+    make_run(tmp_path)
+    write_report(tmp_path, cycles(with_margins=True))
     assert (tmp_path / "plots" / "dpo_margins.png").is_file()
-    text = write_report(tmp_path, cycles(with_margins=False), baseline=V0).read_text()
+    text = write_report(tmp_path, cycles(with_margins=False)).read_text()
     assert not (tmp_path / "plots" / "dpo_margins.png").exists()
-    assert "dpo_margins" not in text and "margin" not in text.split("## Cycles")[1].split("##")[0]
+    assert "dpo_margins" not in text and "margin" not in section(text, "Cycles")
     assert "No configuration summary was recorded." not in text  # the gate is summarised
 
 
 def test_training_summary_keys_are_understood(tmp_path):
     # the trainer's summary writes rewards_margins / final_loss instead of the TRL names
+    make_run(tmp_path)
     records = cycles(with_margins=False)
     records[0]["train_metrics"] = {"final_loss": 0.5, "rewards_margins": 0.2}
-    text = write_report(tmp_path, records, baseline=V0).read_text()
+    text = write_report(tmp_path, records).read_text()
     assert "dpo: loss 0.500, margin +0.200" in text
     assert_png(tmp_path / "plots" / "dpo_margins.png")
 
@@ -156,14 +307,18 @@ def test_report_without_evaluations_says_so(tmp_path):
     assert "No data to plot yet." in text
     assert "- Violation rate: not measured" in text
     assert "No recorded responses to show." in text
+    assert "No version was evaluated." in text
+    assert "The gate's judge was not run yet." in text
+    assert "No configuration summary was recorded." in text
     assert not (tmp_path / "plots").exists() or not list((tmp_path / "plots").iterdir())
 
 
 def test_nothing_promoted_shows_last_candidate(tmp_path):
+    make_run(tmp_path)
     records = cycles()[1:2]
     records[0]["eval"] = eval_result(V0, V2, 0, 1, 3, ["win rate 0.12 < 0.40"]).model_dump()
     records[0]["current"] = "v0"
-    text = write_report(tmp_path, records, baseline=V0).read_text()
+    text = write_report(tmp_path, records).read_text()
     assert "no candidate was promoted, so the current policy is unchanged" in text
     assert "**v2 (candidate, rejected):**" in text
 
@@ -180,55 +335,19 @@ def test_run_started_from_a_later_version_is_labelled_by_it(tmp_path):
 
 def test_report_elsewhere_links_plots_relatively(tmp_path):
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    out = write_report(run_dir, cycles(), tmp_path / "docs" / "report.md", baseline=V0)
+    make_run(run_dir)
+    out = write_report(run_dir, cycles(), tmp_path / "docs" / "report.md")
     text = out.read_text()
     assert "(../run/plots/win_rate.png)" in text
     assert (out.parent / "../run/plots/win_rate.png").resolve().is_file()
 
 
-def write_run(run_dir: Path, records: list[dict]) -> None:
-    (run_dir / "cycles").mkdir(parents=True)
-    for rec in records:
-        path = run_dir / "cycles" / f"cycle-{rec['cycle']:04d}.json"
-        path.write_text(json.dumps(rec))
-    (run_dir / "baseline.json").write_text(V0.model_dump_json())
-    (run_dir / "summary.json").write_text(json.dumps(SUMMARY))
-
-
-def test_load_cycles_orders_by_number_and_reads_baseline(tmp_path):
-    records = cycles()
-    records[2]["cycle"] = 10  # numeric, not lexical, order
-    records[2]["extra_key_from_a_newer_writer"] = 1
-    write_run(tmp_path, records)
-    (tmp_path / "cycles" / "notes.json").write_text("{}")  # not a cycle record: ignored
-    loaded = load_cycles(tmp_path)
-    assert [r.cycle for r in loaded] == [1, 2, 10]
-    assert loaded[0].eval.candidate == V1
-    assert load_baseline(tmp_path) == V0
-    assert load_summary(tmp_path) == SUMMARY
-    assert load_cycles(tmp_path / "cycles") == []  # a directory without cycles/
-    assert load_baseline(tmp_path / "cycles") is None
-
-
-def test_load_cycles_names_the_broken_file(tmp_path):
-    write_run(tmp_path, cycles()[:1])
-    broken = tmp_path / "cycles" / "cycle-0002.json"
-    broken.write_text("{not json")
-    with pytest.raises(ReportError, match="cycle-0002.json: cannot read JSON"):
-        load_cycles(tmp_path)
-    broken.write_text(json.dumps({"cycle": 2, "decision": "maybe"}))
-    with pytest.raises(ReportError, match="cycle-0002.json: not a cycle record"):
-        load_cycles(tmp_path)
-    with pytest.raises(ReportError, match="no such run directory"):
-        load_cycles(tmp_path / "missing")
-
-
 def test_cli_regenerates_report(tmp_path, capsys):
-    write_run(tmp_path, cycles())
+    make_run(tmp_path, summary=SUMMARY, records=cycles())
     assert run_report(argparse.Namespace(run_dir=tmp_path, out=None)) == 0
     text = (tmp_path / "report.md").read_text()
     assert "| constitution | concise |" in text and "| 3 | 16 |" in text
+    assert "| v0 | 4 | 0.50 | 0.00 | 0.25 | 0.00 | 40.0 | 2.000 |" in text  # v0 from evals/
     assert f"wrote {tmp_path / 'report.md'} (3 cycles)" in capsys.readouterr().out
     assert cli_main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").read_text() == text
@@ -240,6 +359,19 @@ def test_cli_without_cycles_gives_a_clear_error(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path}: no finished cycles to report on")
+    assert "cycle-0001.json" in err  # where a record was expected
     assert cli_main(["report", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_cli_names_a_broken_record(tmp_path, capsys):
+    run = make_run(tmp_path, records=cycles()[:1])
+    run.cycle_path(2).write_text("{not json")
+    assert cli_main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cycle-0002.json: cannot read JSON" in err
+    run.cycle_path(2).write_text(json.dumps({"cycle": 2, "decision": "maybe"}))
+    assert cli_main(["report", str(tmp_path)]) == 2
+    assert "cycle-0002.json: field 'decision'" in capsys.readouterr().err
     assert not (tmp_path / "report.md").exists()

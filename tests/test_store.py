@@ -21,7 +21,9 @@ from selfimprove.store import (
     PAIR_COLUMNS,
     SFT_COLUMNS,
     PreferenceStore,
+    is_heldout,
     pair_schema,
+    seed_salt,
     sft_schema,
 )
 
@@ -59,9 +61,34 @@ def test_meta_is_fixed_at_creation(tmp_path):
     assert store.pairs_dataset().num_rows == 0
 
 
-def test_new_store_gets_a_random_salt(tmp_path):
+def test_new_store_without_a_salt_uses_seed_0s(tmp_path):
+    """Reproducible: two fresh stores over the same prompts hold out the same ones."""
     a, b = PreferenceStore(tmp_path / "a"), PreferenceStore(tmp_path / "b")
-    assert a.heldout_fraction == 0.2 and a.salt != b.salt
+    assert a.heldout_fraction == 0.2
+    assert a.salt == b.salt == seed_salt(0)
+    prompts = [f"question number {i}" for i in range(200)]
+    assert a.split_prompts(prompts) == b.split_prompts(prompts)
+    assert json.loads((tmp_path / "a" / "store" / "meta.json").read_text())["salt"] == seed_salt(0)
+
+
+def test_seed_salt_and_is_heldout_fix_the_split_without_a_store():
+    assert seed_salt(3) == seed_salt(3)
+    assert len({seed_salt(s) for s in range(5)}) == 5
+    prompts = [f"question number {i}" for i in range(400)]
+    held = [p for p in prompts if is_heldout(p, seed_salt(1), 0.25)]
+    assert 60 <= len(held) <= 140  # 25% of 400, loosely
+    assert held != [p for p in prompts if is_heldout(p, seed_salt(2), 0.25)]
+    # surrounding whitespace does not move a prompt across the split
+    assert all(is_heldout(f"  {p}\n", seed_salt(1), 0.25) for p in held)
+    assert not any(is_heldout(p, seed_salt(1), 0.0) for p in prompts)
+
+
+def test_store_split_is_the_module_split(tmp_path):
+    store = store_at(tmp_path, 0.3, salt=seed_salt(7))
+    prompts = [f"question number {i}" for i in range(200)]
+    assert [store.is_heldout(p) for p in prompts] == [
+        is_heldout(p, seed_salt(7), 0.3) for p in prompts
+    ]
 
 
 def test_heldout_split_is_salted_and_stable(tmp_path):
@@ -193,6 +220,23 @@ def test_empty_store_has_the_columns(tmp_path):
     assert store.pairs_dataset().column_names == PAIR_COLUMNS
     assert store.sft_dataset().column_names == SFT_COLUMNS
     assert store.stats()["pairs"] == store.stats()["sft"] == 0
+
+
+def test_training_data_gives_each_method_its_rows_and_shards(tmp_path):
+    store = store_at(tmp_path)
+    empty, shards = store.training_data("dpo")
+    assert empty.num_rows == 0 and shards == []
+    store.append(*W.shard_rows(0), "s0")
+    store.append([], W.shard_rows(1)[1], "s1")  # SFT rows only
+    pairs, pair_shards = store.training_data("dpo")
+    assert pairs.num_rows == W.PAIRS_PER_SHARD and pairs.column_names == PAIR_COLUMNS
+    assert [(s.name, s.kind, s.rows) for s in pair_shards] == [
+        ("s0.parquet", "pairs", W.PAIRS_PER_SHARD)
+    ]
+    sft, sft_shards = store.training_data("sft")
+    assert sft.num_rows == 2 * W.SFT_PER_SHARD and sft.column_names == SFT_COLUMNS
+    assert [(s.name, s.kind) for s in sft_shards] == [("s0.parquet", "sft"), ("s1.parquet", "sft")]
+    assert sum(s.rows for s in sft_shards) == sft.num_rows
 
 
 def test_stats_counts(tmp_path):

@@ -155,6 +155,131 @@ def test_parent_on_another_base_is_refused() -> None:
         build_model(BASE, parent, TrainConfig())
 
 
+# -- train_policy and the entry points (a stand-in trainer: no model is loaded) -------------
+
+
+def fake_trainer(calls: list[dict[str, Any]], fail: bool = False):
+    """A trainer that writes what a LoRA run writes into the staging directory."""
+    from selfimprove.training.common import TrainResult
+
+    def trainer(method, base_model, parent, dataset, cfg, output_dir, progress):
+        calls.append({"method": method, "base": base_model, "parent": parent.version,
+                      "rows": len(dataset), "dir": Path(output_dir)})
+        adapter = Path(output_dir) / "adapter"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text(
+            json.dumps({"base_model_name_or_path": base_model, "peft_type": "LORA"})
+        )
+        if fail:
+            raise RuntimeError("out of memory")
+        (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+        return TrainResult(adapter_dir=adapter, metrics={"final_loss": 0.25, "steps": 2.0})
+
+    return trainer
+
+
+def test_train_policy_commits_the_cycle_that_trained_it(tmp_path: Path) -> None:
+    import datasets
+
+    from selfimprove.registry import PolicyRegistry
+    from selfimprove.training import train_policy
+
+    registry = PolicyRegistry(tmp_path)
+    calls: list[dict[str, Any]] = []
+    data = [{"name": "c1.parquet", "rows": 8, "kind": "pairs"}]
+    ref, result = train_policy(
+        registry, datasets.Dataset.from_list(pair_rows()), TrainConfig(max_steps=2), data=data,
+        cycle=3, trainer=fake_trainer(calls),
+    )
+    assert calls[0]["method"] == "dpo" and calls[0]["parent"] == "v0" and calls[0]["rows"] == 8
+    assert calls[0]["dir"].name.startswith(".staging-")
+    assert ref.version == "v1" and registry.current().version == "v0", "not promoted"
+    assert result.adapter_dir == tmp_path / "policies" / "v1" / "adapter"
+    record = registry.record("v1")
+    assert (record.cycle, record.method, record.parent, record.status) == (
+        3, "dpo", "v0", "candidate")
+    assert record.metrics == {"final_loss": 0.25, "steps": 2.0}
+    assert record.train_config["max_steps"] == 2 and record.data[0].rows == 8
+    assert registry.trained_in(3, "dpo") == "v1" and registry.trained_in(3, "sft") is None
+    # from a given parent, promoted, outside any cycle
+    sft = TrainConfig(method="sft")
+    ref2, _ = train_policy(registry, datasets.Dataset.from_list(sft_rows()), sft, parent="v1",
+                           promote=True, trainer=fake_trainer(calls))
+    assert registry.current() == ref2 and registry.record(ref2.version).cycle is None
+    assert calls[1]["parent"] == "v1"
+
+
+def test_a_failed_training_run_leaves_no_version(tmp_path: Path) -> None:
+    import datasets
+
+    from selfimprove.registry import PolicyRegistry
+    from selfimprove.training import train_policy
+
+    registry = PolicyRegistry(tmp_path)
+    calls: list[dict[str, Any]] = []
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_policy(registry, datasets.Dataset.from_list(pair_rows()), TrainConfig(), cycle=1,
+                     trainer=fake_trainer(calls, fail=True))
+    assert not calls[0]["dir"].exists()
+    assert [r.version for r in registry.versions()] == ["v0"]
+    assert registry.trained_in(1, "dpo") is None
+    assert not list((tmp_path / "policies").glob(".staging-*"))
+
+
+def _option_strings(parser) -> set[str]:
+    return {opt for action in parser._actions for opt in action.option_strings} - {"-h", "--help"}
+
+
+def test_cli_and_module_share_the_training_flags() -> None:
+    import argparse
+
+    from selfimprove.cli import build_parser
+    from selfimprove.training.policy import _parser, add_train_arguments, run_training
+
+    shared = argparse.ArgumentParser()
+    add_train_arguments(shared)
+    flags = _option_strings(shared)
+    assert {"--config", "--max-steps", "--learning-rate", "--parent", "--promote",
+            "--no-promote", "--no-progress"} <= flags
+    assert _option_strings(_parser()) == flags | {"--run-dir", "--method"}
+    cli = build_parser()
+    for method in ("dpo", "sft"):
+        args = cli.parse_args(["train", method, "runs/x", "--max-steps", "3", "--no-promote"])
+        assert (args.method, args.max_steps, args.promote) == (method, 3, False)
+        assert args.run_dir == Path("runs/x")
+    module = _parser().parse_args(["--run-dir", "runs/x", "--method", "sft", "--max-steps", "3",
+                                   "--no-promote"])
+    assert vars(module) == {k: v for k, v in vars(args).items() if k in vars(module)}
+    assert args.func is run_training  # one flow for `selfimprove train` and the module
+
+
+def test_training_without_rows_fails_before_loading_a_model(tmp_path: Path, capsys) -> None:
+    from selfimprove.errors import StoreError
+    from selfimprove.store import PreferenceStore
+    from selfimprove.training.policy import load_store_data
+
+    with pytest.raises(StoreError, match="no preference store"):
+        load_store_data(tmp_path, "dpo")
+    PreferenceStore(tmp_path, heldout_fraction=0.0)
+    with pytest.raises(StoreError, match="no rows to train DPO on"):
+        load_store_data(tmp_path, "dpo")
+    assert cli("train", "sft", str(tmp_path), "--no-progress") == 2
+    assert "no rows to train SFT on" in capsys.readouterr().err
+    assert not (tmp_path / "policies").exists() or not list(
+        (tmp_path / "policies").glob("v[1-9]*"))
+
+
+def test_load_store_data_names_the_shards_of_its_kind(run_dir: Path) -> None:
+    from selfimprove.training.policy import load_store_data
+
+    pairs, used = load_store_data(run_dir, "dpo")
+    assert len(pairs) == 8 and [u.model_dump() for u in used] == [
+        {"name": "c0.parquet", "rows": 8, "kind": "pairs"}
+    ]
+    sft, used = load_store_data(run_dir, "sft")
+    assert len(sft) == 8 and [u.kind for u in used] == ["sft"]
+
+
 # -- real training on the embedded model -------------------------------------------------
 
 
