@@ -377,10 +377,6 @@ def _judge_lines(cycles: Sequence[CycleRecord]) -> list[str]:
             f"ties {j.tie_rate:.2f}, flips {j.flip_rate:.2f}, abstains {j.abstain_rate:.2f}, "
             f"decided by checks {j.decided_by_checks:.2f}, mean margin {_num(j.mean_margin)})"
         )
-    kept = {}
-    for rec in cycles:
-        for k, v in rec.kept.items():
-            kept[k] = kept.get(k, 0) + v
     return lines or ["The gate's judge was not run yet."]
 
 

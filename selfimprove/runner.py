@@ -98,6 +98,13 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
             "heldout_fraction)",
             field="heldout_fraction",
         )
+    if cfg.control.enabled and cfg.control.kind == "trim":
+        from selfimprove.critique_loop.text import word_limit
+
+        if word_limit(constitution) is None:
+            raise ConfigError(where, f"the control arm 'trim' needs a hard max_words check, and "
+                              f"constitution '{constitution.name}' has none (use best_of_checks "
+                              "or auto)", field="control.kind")
     backend = cfg.critique.roles.policy.backend
     if backend is not None and backend.kind != "openai":
         # A missing local model or package fails here, not after the run directory exists.

@@ -488,6 +488,8 @@ def test_schema_describes_the_vocabulary() -> None:
     assert kinds == {
         "max_words", "min_words", "max_chars", "max_sentences",
         "forbid_regex", "require_regex", "forbid_phrases",
+        "lowercase", "starts_with", "ends_with", "include_words", "bullet_count", "no_commas",
+        "paragraph_count", "json_object", "quoted",
     }
 
 

@@ -14,6 +14,7 @@ from selfimprove.critique_loop.text import prompt_seed
 from selfimprove.harvest import harvest
 from selfimprove.improvement_cycle.control import control_kind, control_results
 from selfimprove.roles import Roles
+from selfimprove.sources import PromptRecord
 from selfimprove.types import PolicyRef, SamplingParams
 
 CONSTITUTION = """
@@ -38,7 +39,7 @@ NO_FILLER = "  - id: no_filler\n    kind: forbid_phrases\n    phrases: [basicall
 LONG = "The sky looks blue to us. Sunlight scatters off the air. Blue light scatters the most."
 TRIMMED = "The sky looks blue to us."
 SHORT = "Air scatters blue light most."
-BATCH = [("p1", "Why is the sky blue?")]
+BATCH = [PromptRecord(id="p1", prompt="Why is the sky blue?")]
 
 
 def constitution(tmp_path: Path, checks: str = MAX_8):
@@ -101,7 +102,7 @@ async def test_trim_cuts_the_first_answer_at_a_sentence_end_within_the_limit(tmp
     (res,) = await control_results(ctx, BATCH, ControlConfig(kind="trim"))
     assert backend.calls == [("generate", 1)]  # one batch, no critic, reviser or judge
     assert res.first_response == LONG and res.final_response == TRIMMED
-    assert (res.prompt_id, res.prompt) == BATCH[0]
+    assert (res.prompt_id, res.prompt) == BATCH[0].pair
     assert res.constitution == "control-test" and res.policy_version == "v0"
     assert [c.passed for c in res.rounds[0].checks] == [False]  # 17 words > 8
     assert res.final_passes and not res.final_truncated
@@ -156,7 +157,8 @@ async def test_best_of_checks_prefers_a_passing_sample(tmp_path):
     backend = SamplesBackend([LONG, SHORT, LONG, "Blue light scatters."])
     ctx = context(tmp_path, backend, seed=3)
     cfg = ControlConfig(kind="best_of_checks", samples=4)
-    batch = [("p1", "Why is the sky blue?"), ("p2", "Why is the sea blue?")]
+    batch = [PromptRecord(id="p1", prompt="Why is the sky blue?"),
+             PromptRecord(id="p2", prompt="Why is the sea blue?")]
     results = await control_results(ctx, batch, cfg)
     assert backend.calls == [("generate", 1), ("generate", 1)]  # N samples per prompt
     assert {(p.n, p.seed) for p in backend.params} == {
