@@ -8,6 +8,7 @@ saying so, and ``--resume`` continues from the last checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -189,19 +190,6 @@ async def run_cycles(ctx: CycleContext, *, resume: bool = False) -> dict[str, An
         )
 
 
-def _raise_on_sigterm() -> Callable[[], None]:
-    """Turn SIGTERM into KeyboardInterrupt so the run records that it was interrupted."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        return lambda: None
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
 def run(
     cfg: RunConfig | None,
     run_dir: Path | str,
@@ -238,6 +226,7 @@ def run(
     async def main() -> dict[str, Any]:
         from selfimprove.wiring import make_roles
 
+        _cancel_on_sigterm()
         shared = roles or make_roles(cfg.critique.roles)
         final: dict[str, Any] = {}
         try:
@@ -262,17 +251,25 @@ def run(
                 await shared.aclose()
         return final
 
-    restore = _raise_on_sigterm()
     try:
         return asyncio.run(main())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         _mark(arms, "interrupted", "stopped by a signal; continue with --resume")
-        raise
+        raise KeyboardInterrupt from None
     except BaseException as exc:
         _mark(arms, "failed", f"{type(exc).__name__}: {exc}")
         raise
-    finally:
-        restore()
+
+
+def _cancel_on_sigterm() -> None:
+    """SIGTERM cancels the run like Ctrl-C does: every ``finally`` and ``async with`` exit runs
+    (checkpoints and backends close), instead of an exception raised at a random point."""
+    task = asyncio.current_task()
+    if task is None:
+        return
+    # not the main thread, or Windows: leave SIGTERM alone
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
 def _mark(arms: list[tuple[Arm, RunDir]], status: str, detail: str) -> None:

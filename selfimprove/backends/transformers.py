@@ -348,7 +348,11 @@ class TransformersBackend(Backend):
             generated = self.model.generate(
                 **enc, **kwargs, pad_token_id=self.tokenizer.pad_token_id
             )
-        self.stats.seconds_generate += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.stats.seconds_generate += seconds
+        log.debug("generate: %d rows, %d prompt tokens (padded), %d new tokens, %.1f s",
+                  len(rows), enc["input_ids"].shape[1], generated.shape[1] -
+                  enc["input_ids"].shape[1], seconds)
         new = generated[:, enc["input_ids"].shape[1] :]
         eos_ids = set(self._eos_ids())
         completions = []
