@@ -260,7 +260,10 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
 def _cycle_row(rec: CycleRecord) -> list[str]:
     dropped = sum(rec.dropped.values())
     why = ", ".join(f"{k} {v}" for k, v in sorted(rec.dropped.items()) if v)
-    pairs = f"{rec.pairs_kept} / {dropped}" + (f" ({why})" if why else "")
+    # which strategy produced the kept pairs (critique-and-revise vs best-of-N sampling)
+    made_by = ", ".join(f"{k} {v}" for k, v in sorted(rec.kept.items()) if v and k != "sft")
+    pairs = (f"{rec.pairs_kept}" + (f" ({made_by})" if made_by else "") + f" / {dropped}"
+             + (f" ({why})" if why else ""))
     if rec.trained:
         train = f"{rec.train_method or '?'}: loss {_num(_loss(rec), '.3f')}"
         if (margin := _margin(rec)) is not None:

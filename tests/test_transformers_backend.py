@@ -189,3 +189,34 @@ async def test_sequence_nll_prefers_fluent_text(embedded_backend):
         ["The cat sat on the mat.", "mat the on sat cat The."]
     )
     assert 0 < fluent < scrambled
+
+
+@pytest.mark.slow
+async def test_two_runs_with_the_same_version_name_get_their_own_adapter(
+    tmp_path, embedded_backend
+):
+    """The loop and its control arm both have a "v1": each must be served its own weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from selfimprove.backends.served import serve
+    from selfimprove.models import load_causal_lm
+
+    refs = []
+    for arm, seed in (("loop", 1), ("control", 2)):
+        torch.manual_seed(seed)
+        model = get_peft_model(
+            load_causal_lm("smollm2-135m-instruct"),
+            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        )
+        path = tmp_path / arm / "policies" / "v1" / "adapter"
+        model.save_pretrained(path)
+        refs.append(PolicyRef(version="v1", base_model="smollm2-135m-instruct",
+                              adapter_path=str(path)))
+    conv = [[Message(role="user", content="Name a colour.")]]
+    scores = []
+    for ref in (*refs, refs[0]):
+        (lp,) = await serve(embedded_backend, ref).option_logprobs(conv, ["A", "B"])
+        scores.append(lp["A"])
+    assert scores[0] != pytest.approx(scores[1], abs=1e-4)  # each arm's own weights
+    assert scores[2] == pytest.approx(scores[0], abs=1e-4)  # and back again

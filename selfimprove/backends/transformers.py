@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -487,7 +488,10 @@ class TransformersBackend(Backend):
             )
 
         self._use_weights(policy, self._base_name)
-        name = policy.version
+        # Named by version and path: two runs (or the loop and its control arm) both have a
+        # "v2", and PEFT keeps adapters by name, so the name alone would serve the wrong one.
+        digest = hashlib.sha256(str(Path(policy.adapter_path).resolve()).encode()).hexdigest()
+        name = f"{policy.version}-{digest[:10]}"
         try:
             read_adapter_config(policy.adapter_path, name)
             if not hasattr(self.model, "peft_config"):
