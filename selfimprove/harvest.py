@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from selfimprove.config import HarvestConfig
+from selfimprove.degeneration import repeats_itself
 from selfimprove.store import content_hash
 from selfimprove.types import CheckResult, CritiqueResult, OrderJudgment, Verdict, passes
 
@@ -121,6 +122,10 @@ def _guard(chosen: _Side, rejected: _Side, margin: float, cfg: HarvestConfig) ->
     if not chosen.passes:
         # Both sides fail a hard check: neither may be taught as the preferred answer.
         raise _Drop("chosen_fails_checks")
+    if repeats_itself(chosen.text):
+        # Measured on the main job: revisions that loop on a sentence pass every length
+        # check, and training on them taught the policy to repeat itself.
+        raise _Drop("chosen_repeats_itself")
     if margin < cfg.min_margin:
         raise _Drop("below_margin")
     if cfg.max_length_ratio is not None:
@@ -286,6 +291,8 @@ def harvest(
             dropped["empty_sft"] += 1
         elif result.final_truncated:
             dropped["truncated_sft"] += 1
+        elif repeats_itself(result.final_response):
+            dropped["repetitive_sft"] += 1
         elif cfg.sft_requires_checks and not result.final_passes:
             dropped["checks_failed_sft"] += 1
         else:

@@ -143,7 +143,7 @@ def test_min_margin():
 
 
 def test_length_guard_on_chosen_side():
-    long_final = " ".join(["word"] * 45)  # 45 words chosen vs 15 rejected: ratio 3
+    long_final = " ".join(f"word{i}" for i in range(45))  # 45 words vs 15 rejected: ratio 3
     r = result(final=long_final)
     out = run([r], max_length_ratio=2.0)
     assert out.pairs == [] and out.dropped == {"length_guard": 1}
@@ -329,3 +329,22 @@ def test_harvested_rows_fit_the_store_schema(tmp_path):
     assert sorted(pairs["content_hash"]) == sorted(r["content_hash"] for r in out.pairs)
     assert pairs[0]["prompt"][0] == {"role": "user", "content": "Why is the sky blue? (p0)"}
     assert store.stats()["dropped"] == {"no_samples": 3}
+
+
+def test_a_chosen_side_that_repeats_itself_is_never_kept():
+    """Degenerate text passes length checks; teaching it made the policy loop (main job)."""
+    from selfimprove.types import CheckResult, CritiqueResult, RoundRecord, Verdict
+
+    looping = "Practice every day to learn. " * 4
+    ok = [CheckResult(check_id="max_80_words", kind="max_words", passed=True)]
+    bad = [CheckResult(check_id="max_80_words", kind="max_words", passed=False)]
+    result = CritiqueResult(
+        prompt_id="p1", prompt="How do I learn Python?", constitution="c", constitution_hash="h",
+        first_response="long " * 90, final_response=looping,
+        rounds=[RoundRecord(round=0, response="long " * 90, checks=bad, revision=looping)],
+        final_checks=ok,
+        verdict=Verdict(winner="b", decided_by="checks", a_passes_checks=False),
+    )
+    out = harvest([result], HarvestConfig())
+    assert out.pairs == [] and out.sft == []
+    assert out.dropped == {"chosen_repeats_itself": 1, "repetitive_sft": 1}
