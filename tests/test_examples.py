@@ -75,3 +75,12 @@ async def test_embed_subgraph_example_on_embedded_model(embedded_backend):
     ctx = CritiqueContext(constitution=load_constitution("concise"), roles=roles, max_rounds=1)
     state = await _load_example("embed_subgraph").answer("What is rain?", ctx)
     assert state["first_response"] and state["response"]
+    # the embedded subgraph really critiqued and revised: one round, against concise's
+    # principles, with the checks recorded, and the revision is what the agent returns
+    (rnd,) = state["rounds"]
+    concise = {p.id for p in ctx.constitution.principles}
+    assert rnd.critique is not None and set(rnd.critique.principle_ids) <= concise
+    assert rnd.critique.text.strip()
+    assert {c.check_id for c in rnd.checks} == {c.id for c in ctx.constitution.checks}
+    assert rnd.response == state["first_response"] and rnd.revision == state["response"]
+    assert state["verdict"] is not None

@@ -608,16 +608,22 @@ async def test_real_server_n_and_stop(hf_server):
 
 
 @pytest.mark.slow
-async def test_real_server_logprobs_or_documented_fallback(hf_server):
+async def test_real_server_without_logprobs_falls_back_to_written_verdicts(hf_server):
+    """`transformers serve` (5.x) ignores `logprobs`: the backend says so with a typed error,
+    stops claiming support, and the judge falls back to a written verdict, never a default."""
+    from selfimprove.judges import PairwiseJudge
+
     backend = OpenAIBackend(hf_server.url, hf_server.model, api_key_env=None, timeout_s=120)
     question = [conv("Is the sky blue? Answer with Yes or No.")]
     try:
-        got = await backend.option_logprobs(question, ["Yes", "No"])
-    except LogprobsUnsupportedError:
-        assert not backend.supports_logprobs  # transformers serve 5.x ignores logprobs
-    else:
-        assert backend.supports_logprobs
-        assert set(got[0]) == {"Yes", "No"} and all(v <= 0 for v in got[0].values())
+        with pytest.raises(LogprobsUnsupportedError):
+            await backend.option_logprobs(question, ["Yes", "No"])
+        assert not backend.supports_logprobs
+        judge = PairwiseJudge(backend, "Pick the more accurate answer.",
+                              sampling=SamplingParams(max_new_tokens=8))
+        verdict = await judge.compare("What is the capital of France?", "Paris.", "Lyon.")
+        assert {o.method for o in verdict.orders} <= {"generated", "abstain"}
+        assert len(verdict.orders) == 2
     finally:
         await backend.aclose()
 

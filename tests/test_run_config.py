@@ -70,9 +70,16 @@ def test_bad_config_errors_name_file_line_and_key(tmp_path, name):
     assert fragment in str(err)
 
 
-def test_shipped_example_config_is_valid():
-    cfg = load_config(GOOD, RunConfig)
-    assert cfg.critique.constitution == "concise" and cfg.cycles >= 2
+@pytest.mark.parametrize("path", sorted(GOOD.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_config_can_start(path):
+    """More than validation: the constitution, the prompts and their checks, the held-out
+    split and the model each config names are all there (what `run` checks before writing)."""
+    from selfimprove.runner import prepare, resolve_prompt_path
+
+    cfg = resolve_prompt_path(load_config(path, RunConfig), path)
+    prepared = prepare(cfg, path)
+    assert len(prepared.heldout_prompts) >= cfg.gate.num_prompts
+    assert len(prepared.train_prompts) >= cfg.batch_size
 
 
 def test_cli_run_fails_before_any_work(tmp_path, capsys):
