@@ -138,6 +138,13 @@ class RolesConfig(Strict):
         sampling=SamplingParams(max_new_tokens=128, temperature=0.8, top_p=0.95)
     )
 
+    @model_validator(mode="after")
+    def _policy_has_a_backend(self) -> RolesConfig:
+        # `policy: {sampling: ...}` alone keeps the default backend (other roles share it).
+        if self.policy.backend is None:
+            self.policy = self.policy.model_copy(update={"backend": BackendConfig()})
+        return self
+
 
 class CritiqueConfig(Strict):
     """Settings of the critique loop."""
