@@ -26,6 +26,8 @@ class AgentState(TypedDict, total=False):
     prompt: str
     response: str  # filled in by the critique subgraph (its final revision)
     first_response: str
+    rounds: list  # each round's checks, critique and revision, for the agent to inspect
+    verdict: object  # the judge's first-response-vs-revision verdict
 
 
 def prepare(state: AgentState) -> AgentState:
@@ -36,7 +38,7 @@ def prepare(state: AgentState) -> AgentState:
 
 def build_agent():
     # The compiled critique graph is used as a node; keys it shares with the agent's state
-    # (prompt, prompt_id, response, first_response) flow in and out.
+    # (prompt, prompt_id, response, first_response, rounds, verdict) flow in and out.
     g = StateGraph(AgentState, context_schema=CritiqueContext)
     g.add_node("prepare", prepare)
     g.add_node("critique_loop", build_critique_graph())
