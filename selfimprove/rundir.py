@@ -131,13 +131,17 @@ class RunDir:
     def holds_run(self) -> bool:
         return self.config_path.is_file()
 
-    def create(self, config: BaseModel, summary: dict[str, Any]) -> None:
-        """Write the config and summary of a new run; refuse a directory holding a run."""
+    def refuse_existing(self) -> None:
+        """Raise :class:`RunDirError` if the directory already holds a run."""
         if self.holds_run():
             raise RunDirError(
                 f"{self.path} already holds a run; continue it with `selfimprove run --resume "
                 f"{self.path}` or choose another --run-dir"
             )
+
+    def create(self, config: BaseModel, summary: dict[str, Any]) -> None:
+        """Write the config and summary of a new run; refuse a directory holding a run."""
+        self.refuse_existing()
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.config_path, yaml.safe_dump(config.model_dump(mode="json"),
                                                      sort_keys=False))

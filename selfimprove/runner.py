@@ -212,8 +212,7 @@ def run(
     else:
         assert cfg is not None
         cfg = resolve_prompt_path(cfg, config_path)
-        if run_.holds_run():
-            run_.create(cfg, {})  # raises: the directory already holds a run
+        run_.refuse_existing()
         prepared = prepare(cfg, config_path or "<config>")
         run_.create(cfg, _summary(prepared))
     arms: list[tuple[Arm, RunDir]] = [("loop", run_)]
