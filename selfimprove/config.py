@@ -153,6 +153,11 @@ class CritiqueConfig(Strict):
     max_rounds: int = Field(default=2, ge=1)
     principles_per_round: int = Field(default=1, ge=1)
     num_samples: int = Field(default=0, ge=0, description="extra samples for best-of-N pairs")
+    score_samples: bool = Field(
+        default=True,
+        description="score the best-of-N samples with the pointwise rubric judge; off: the "
+        "checks alone rank them (rejection sampling), for verifiable prompts or a weak judge",
+    )
     revision_samples: int = Field(
         default=1, ge=1,
         description="revisions sampled per critique (sampler temperature); the first that "

@@ -4,7 +4,9 @@ Two strategies:
 
 - ``revision``: the first response against the final revision, labelled by the
   position-swapped pairwise verdict (Constitutional AI style);
-- ``best_of_n``: the best against the worst of N scored samples (Self-Rewarding style).
+- ``best_of_n``: the best against the worst of N samples, scored by the pointwise judge
+  (Self-Rewarding style) or ranked by the checks alone (rejection sampling); with it, a prompt
+  whose revision is no clean SFT example gives its best passing sample instead.
 
 Executable checks dominate everywhere: a response that fails a hard check is never chosen.
 Every row carries provenance columns; the store fixes their Parquet schema.
@@ -176,16 +178,19 @@ def _best_of_n_pair(result: CritiqueResult, cfg: HarvestConfig) -> tuple[_Side, 
     # Missing entries mean "not scored" and "no check failed", never a made-up score.
     scores = (list(result.sample_scores) + [None] * n)[:n]
     passed = (list(result.sample_checks_passed) + [True] * n)[:n]
+    # Without any score the checks alone rank the samples (rejection sampling).
+    scored = any(s is not None for s in scores)
     first_checks = _first_checks(result)
     sides: list[_Side] = []
     for text, score, ok in zip(result.samples, scores, passed, strict=True):
-        if score is None:
+        if scored and score is None:
             continue  # an abstaining judge gives no evidence either way
         checks = first_checks if text == result.first_response else []
         sides.append(_Side(text=text, score=score, passes=ok and passes(checks), checks=checks))
     if len(sides) < 2:
-        raise _Drop("too_few_scored")
-    ranked = sorted(sides, key=lambda s: (s.passes, s.score))  # stable: ties keep sample order
+        raise _Drop("too_few_scored" if scored else "too_few_samples")
+    # stable: ties keep sample order
+    ranked = sorted(sides, key=lambda s: (s.passes, s.score if s.score is not None else 0.0))
     worst, best = ranked[0], ranked[-1]
     if (best.passes, best.score) == (worst.passes, worst.score):
         raise _Drop("all_equal")
@@ -257,6 +262,48 @@ def _sft_row(result: CritiqueResult, base: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _best_sample(result: CritiqueResult) -> str | None:
+    """The best sample that passes the checks and does not repeat itself (highest score, then
+    sample order); None when there is none."""
+    n = len(result.samples)
+    scores = (list(result.sample_scores) + [None] * n)[:n]
+    passed = (list(result.sample_checks_passed) + [False] * n)[:n]
+    good = [
+        (score if score is not None else 0.0, -i, text)
+        for i, (text, score, ok) in enumerate(zip(result.samples, scores, passed, strict=True))
+        if ok and text.strip() and not repeats_itself(text)
+    ]
+    return max(good)[2] if good else None
+
+
+def _sample_sft_row(result: CritiqueResult, text: str, base: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "messages": _messages("user", result.prompt) + _messages("assistant", text),
+        "strategy": "best_sample",
+        **base,
+        "principle_ids": [],  # the sample was not critiqued
+        "critiques": [],
+        "check_results": json.dumps({"sample_passes": True,
+                                     "prompt_checks": result.prompt_checks}, sort_keys=True),
+        "margin": None,
+    }
+    row["content_hash"] = content_hash(row)
+    return row
+
+
+def _sft_drop_reason(result: CritiqueResult, cfg: HarvestConfig) -> str | None:
+    """Why the final response is no SFT example, or None when it is one."""
+    if not result.final_response.strip():
+        return "empty_sft"
+    if result.final_truncated:
+        return "truncated_sft"
+    if repeats_itself(result.final_response):
+        return "repetitive_sft"
+    if cfg.sft_requires_checks and not result.final_passes:
+        return "checks_failed_sft"
+    return None
+
+
 def harvest(
     results: Sequence[CritiqueResult],
     cfg: HarvestConfig,
@@ -287,16 +334,18 @@ def harvest(
                 _pair_row(result, strategy, chosen, rejected, margin, decided_by, base)
             )
             kept[strategy] += 1
-        if not result.final_response.strip():
-            dropped["empty_sft"] += 1
-        elif result.final_truncated:
-            dropped["truncated_sft"] += 1
-        elif repeats_itself(result.final_response):
-            dropped["repetitive_sft"] += 1
-        elif cfg.sft_requires_checks and not result.final_passes:
-            dropped["checks_failed_sft"] += 1
-        else:
+        reason = _sft_drop_reason(result, cfg)
+        if reason is None:
             out.sft.append(_sft_row(result, base))
             kept["sft"] += 1
+            continue
+        dropped[reason] += 1
+        # Where the revision is no clean example, a passing sample still is (rejection
+        # sampling beside critique-and-revise; the row's strategy says which produced it).
+        sample = _best_sample(result) if "best_of_n" in cfg.strategies else None
+        if sample is not None:
+            out.sft.append(_sample_sft_row(result, sample, base))
+            kept["sft"] += 1
+            kept["sft_best_sample"] += 1
     out.dropped, out.kept = dict(dropped), dict(kept)
     return out

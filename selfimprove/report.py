@@ -261,7 +261,8 @@ def _cycle_row(rec: CycleRecord) -> list[str]:
     dropped = sum(rec.dropped.values())
     why = ", ".join(f"{k} {v}" for k, v in sorted(rec.dropped.items()) if v)
     # which strategy produced the kept pairs (critique-and-revise vs best-of-N sampling)
-    made_by = ", ".join(f"{k} {v}" for k, v in sorted(rec.kept.items()) if v and k != "sft")
+    made_by = ", ".join(f"{k} {v}" for k, v in sorted(rec.kept.items())
+                        if v and not k.startswith("sft"))
     pairs = (f"{rec.pairs_kept}" + (f" ({made_by})" if made_by else "") + f" / {dropped}"
              + (f" ({why})" if why else ""))
     if rec.trained:
@@ -284,7 +285,10 @@ def _cycle_row(rec: CycleRecord) -> list[str]:
     decision = rec.decision + (f" {rec.candidate}" if rec.candidate else "")
     if rec.reasons:
         decision += ": " + "; ".join(rec.reasons)
-    return [str(rec.cycle), str(rec.prompts), pairs, str(rec.sft_rows), train, win, viol,
+    sft = str(rec.sft_rows)
+    if from_samples := rec.kept.get("sft_best_sample", 0):
+        sft += f" ({from_samples} best samples)"
+    return [str(rec.cycle), str(rec.prompts), pairs, sft, train, win, viol,
             length, retention, decision, rec.current]
 
 

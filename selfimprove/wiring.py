@@ -59,6 +59,7 @@ def critique_context(cfg: CritiqueConfig, constitution: Constitution, roles: Rol
         max_rounds=cfg.max_rounds,
         principles_per_round=cfg.principles_per_round,
         num_samples=cfg.num_samples,
+        score_samples=cfg.score_samples,
         revision_samples=cfg.revision_samples,
         judge_logprobs=cfg.judge_logprobs,
         judge_when_checks_decide=cfg.judge_when_checks_decide,

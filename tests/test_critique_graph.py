@@ -203,6 +203,40 @@ async def test_best_of_n_samples_are_scored(constitution):
     assert state["sample_checks_passed"] == [True] * 3
 
 
+class CutSamples(ScriptedBackend):
+    """Every other sampled answer (temperature > 0) runs out of its token budget."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.pointwise_calls = 0
+
+    async def generate(self, conversations, params) -> list[list[Completion]]:
+        out = await super().generate(conversations, params)
+        if params.temperature > 0:
+            out = [[c.model_copy(update={"text": f"{c.text} {i}",
+                                         "finish_reason": "length" if i % 2 else "stop"})
+                    for i, c in enumerate(row)] for row in out]
+        return out
+
+    async def option_logprobs(self, conversations, options):
+        self.pointwise_calls += options == ("Yes", "No")
+        return await super().option_logprobs(conversations, options)
+
+
+async def test_unscored_samples_are_ranked_by_checks_and_cut_samples_are_dropped(constitution):
+    def respond(conv, params):
+        return SHORT if params.temperature > 0 else responder(SHORT)(conv, params)
+
+    backend = CutSamples(respond, prefer(SHORT))
+    ctx = make_ctx(constitution, backend, num_samples=4, score_samples=False, max_rounds=1)
+    _, state = await run_steps(ctx)
+    # samples 1 and 3 hit their token budget: no answer to prefer, so they are not kept
+    assert state["samples"] == [f"{SHORT} 0", f"{SHORT} 2"]
+    assert state["sample_scores"] == [None, None]
+    assert state["sample_checks_passed"] == [True, True]
+    assert backend.pointwise_calls == 0  # the rubric judge was never asked
+
+
 async def test_principles_are_sampled_per_round_and_seeded(constitution):
     backend = ScriptedBackend(responder(LONG + " again"), prefer(SHORT))
     ctx = make_ctx(constitution, backend, max_rounds=2, seed=7)

@@ -240,6 +240,43 @@ def test_best_of_n_drops():
     }
 
 
+def test_best_of_n_without_scores_ranks_by_checks_alone():
+    # The pointwise judge was off (score_samples: false): rejection sampling on the checks.
+    r = best_of_n([None] * 4, [False, True, False, True])
+    out = run([r], strategies=["best_of_n"])
+    (row,) = out.pairs
+    assert text(row["chosen"]) == "sample number 3"  # the last passing one after a stable sort
+    assert text(row["rejected"]) == "sample number 0"
+    assert row["decided_by"] == "checks" and row["margin"] == 1.0
+    all_pass = run([best_of_n([None] * 3, [True] * 3)], strategies=["best_of_n"])
+    assert all_pass.pairs == [] and all_pass.dropped == {"all_equal": 1}
+    lone = run([best_of_n([None], [True])], strategies=["best_of_n"])
+    assert lone.dropped == {"too_few_samples": 1}
+
+
+def test_sft_falls_back_to_the_best_passing_sample():
+    # The revision ran out of budget: no clean SFT example, but a passing sample is one.
+    samples = ["Sample one, which fails.", "Sample two passes.", "Sample three passes too."]
+    r = result(truncated=True, samples=samples, sample_scores=[None] * 3,
+               sample_checks_passed=[False, True, True])
+    out = run([r], strategies=["revision", "best_of_n"])
+    assert out.dropped == {"truncated_revision": 1, "truncated_sft": 1}
+    assert out.kept == {"best_of_n": 1, "sft": 1, "sft_best_sample": 1}
+    (sft,) = out.sft
+    assert set(sft) == set(SFT_COLUMNS)
+    assert sft["strategy"] == "best_sample"
+    assert sft["messages"][1]["content"] == "Sample two passes."  # sample order breaks the tie
+    assert sft["principle_ids"] == [] and sft["critiques"] == []
+    # A scored sample set prefers the highest score among the passing ones.
+    scored = r.model_copy(update={"sample_scores": [5.0, 1.0, 3.0]})
+    (sft,) = run([scored], strategies=["revision", "best_of_n"]).sft
+    assert sft["messages"][1]["content"] == "Sample three passes too."
+    # Without best_of_n harvesting, or without a passing sample, there is no fallback.
+    assert run([r]).sft == []
+    failing = r.model_copy(update={"sample_checks_passed": [False] * 3})
+    assert run([failing], strategies=["revision", "best_of_n"]).sft == []
+
+
 def test_both_strategies_count_separately():
     r = best_of_n([1.0, 4.0], [True, True])
     out = run([r, result(prompt_id="p2")], strategies=["revision", "best_of_n"])

@@ -24,6 +24,8 @@ async def generate(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> C
             update={"n": ctx.num_samples, "seed": prompt_seed(ctx.seed, state["prompt_id"])}
         )
         (samples,) = await ctx.roles.policy.generate([conv], params)
-        update["samples"] = [s.text for s in samples]
+        # Only samples that ended on their own: one cut off by the token budget is no answer
+        # to prefer, and its passing a length check would say more about the budget.
+        update["samples"] = [s.text for s in samples if s.finish_reason != "length"]
         update["generated_tokens"] += sum(s.num_tokens for s in samples)
     return update

@@ -25,7 +25,7 @@ async def judge(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Crit
             )
         )
     samples = state.get("samples") or []
-    pointwise = ctx.pointwise_judge() if samples else None
+    pointwise = ctx.pointwise_judge() if samples and ctx.score_samples else None
     if pointwise is not None:
         tasks += [pointwise.score(state["prompt"], s) for s in samples]
     results = await asyncio.gather(*tasks)

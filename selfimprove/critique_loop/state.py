@@ -60,7 +60,8 @@ class CritiqueContext:
     roles: Roles
     max_rounds: int = 2
     principles_per_round: int = 1
-    num_samples: int = 0  # extra sampled responses scored pointwise (best-of-N harvesting)
+    num_samples: int = 0  # extra sampled responses (best-of-N harvesting)
+    score_samples: bool = True  # the pointwise judge scores them; else the checks alone rank
     revision_samples: int = 1  # revisions sampled per critique; the checks pick one
     judge_logprobs: bool = True
     judge_when_checks_decide: bool = False  # ask the judge even when the checks decide
