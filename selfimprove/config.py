@@ -152,6 +152,11 @@ class CritiqueConfig(Strict):
     constitution: str = "concise"
     max_rounds: int = Field(default=2, ge=1)
     principles_per_round: int = Field(default=1, ge=1)
+    critic: Literal["model", "checks"] = Field(
+        default="model",
+        description="who writes the critique: the critic model, or (checks) the list of failed "
+        "rules, with no critic call and no revision of a response that passes",
+    )
     num_samples: int = Field(default=0, ge=0, description="extra samples for best-of-N pairs")
     score_samples: bool = Field(
         default=True,

@@ -58,6 +58,7 @@ def critique_context(cfg: CritiqueConfig, constitution: Constitution, roles: Rol
         roles=roles,
         max_rounds=cfg.max_rounds,
         principles_per_round=cfg.principles_per_round,
+        critic=cfg.critic,
         num_samples=cfg.num_samples,
         score_samples=cfg.score_samples,
         revision_samples=cfg.revision_samples,

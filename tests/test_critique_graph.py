@@ -237,6 +237,39 @@ async def test_unscored_samples_are_ranked_by_checks_and_cut_samples_are_dropped
     assert backend.pointwise_calls == 0  # the rubric judge was never asked
 
 
+async def test_checks_as_critic_name_the_failed_rules_without_a_critic_call(constitution):
+    seen: list[str] = []
+
+    def respond(conv, params):
+        seen.append(user_text(conv))
+        return responder(SHORT)(conv, params)
+
+    ctx = make_ctx(constitution, ScriptedBackend(respond, prefer(SHORT)), critic="checks",
+                   max_rounds=2)
+    steps, state = await run_steps(ctx)
+    assert not any("Critique request" in text for text in seen)  # the critic was never asked
+    first = state["rounds"][0]
+    assert first.critique.text.startswith("The response fails these rules:")
+    assert first.critique.failed_checks == ["max_5_words"]
+    assert "words" in first.critique.text  # the check's own detail, e.g. "9 words > 5"
+    # The revision passes, so the loop stops after one round instead of revising again.
+    assert len(state["rounds"]) == 1 and state["response"] == SHORT
+
+
+async def test_checks_as_critic_leave_a_passing_answer_alone(constitution):
+    seen: list[str] = []
+
+    def respond(conv, params):
+        seen.append(user_text(conv))
+        return SHORT
+
+    ctx = make_ctx(constitution, ScriptedBackend(respond, prefer(SHORT)), critic="checks")
+    steps, state = await run_steps(ctx)
+    assert "critique" not in steps and "refine" not in steps
+    assert state["rounds"] == [] and state["response"] == SHORT
+    assert not any("Revision request" in text for text in seen)
+
+
 async def test_principles_are_sampled_per_round_and_seeded(constitution):
     backend = ScriptedBackend(responder(LONG + " again"), prefer(SHORT))
     ctx = make_ctx(constitution, backend, max_rounds=2, seed=7)

@@ -18,6 +18,12 @@ async def critique(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> C
     rng = random.Random(prompt_seed(ctx.seed, state["prompt_id"], rnd))
     principles = ctx.constitution.sample_principles(ctx.principles_per_round, rng)
     checks = state.get("checks", [])
+    failed = [c.check_id for c in checks if not c.passed]
+    if ctx.critic == "checks" and failed:
+        # A small critic model mostly repeats the response back; the failed rules are exact.
+        return {"critique": Critique(round=rnd, principle_ids=[p.id for p in principles],
+                                     failed_checks=failed,
+                                     text=failed_checks_text(checks).strip())}
     conv = user(
         "critique",
         prompt=state["prompt"],
@@ -30,7 +36,7 @@ async def critique(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> C
         "critique": Critique(
             round=rnd,
             principle_ids=[p.id for p in principles],
-            failed_checks=[c.check_id for c in checks if not c.passed],
+            failed_checks=failed,
             text=out.text,
         ),
         "generated_tokens": out.num_tokens,

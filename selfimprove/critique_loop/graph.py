@@ -28,7 +28,9 @@ def route_after_check(state: CritiqueState, runtime: Runtime[CritiqueContext]) -
     if done >= runtime.context.max_rounds:
         return "judge"
     clean = passes(state.get("checks", []))
-    return "judge" if clean and done >= MIN_ROUNDS else "critique"
+    # With the checks as critic there is nothing to critique in an answer that passes them.
+    settled = done >= MIN_ROUNDS or runtime.context.critic == "checks"
+    return "judge" if clean and settled else "critique"
 
 
 def build_critique_graph(checkpointer: Any = None):

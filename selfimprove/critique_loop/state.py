@@ -60,6 +60,7 @@ class CritiqueContext:
     roles: Roles
     max_rounds: int = 2
     principles_per_round: int = 1
+    critic: str = "model"  # "checks": the failed rules are the critique; passing answers stand
     num_samples: int = 0  # extra sampled responses (best-of-N harvesting)
     score_samples: bool = True  # the pointwise judge scores them; else the checks alone rank
     revision_samples: int = 1  # revisions sampled per critique; the checks pick one
