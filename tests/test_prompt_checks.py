@@ -144,3 +144,25 @@ async def test_a_failed_prompt_check_is_named_to_the_critic_on_the_embedded_mode
     assert critique_requests, "the failed prompt check was not named to the critic"
     assert result.rounds[0].critique is not None
     assert result.rounds[0].critique.failed_checks == ["all_lowercase"]
+
+
+@pytest.mark.slow
+async def test_with_the_checks_as_critic_the_reviser_gets_the_failed_rule_on_the_embedded_model(
+    embedded_backend,
+):
+    recording = Recording(embedded_backend)
+    roles = Roles(policy=recording, policy_sampling=SamplingParams(max_new_tokens=48),
+                  reviser_sampling=SamplingParams(max_new_tokens=48))
+    ctx = CritiqueContext(constitution=load_constitution("instructions"), roles=roles,
+                          max_rounds=1, critic="checks")
+    record = PromptRecord(id="storm", prompt="Describe a thunderstorm in one sentence. End "
+                          "with the words 'stay safe.'",
+                          checks=load_prompt_records_from([{"kind": "ends_with",
+                                                            "value": "over and out"}]))
+    result = await acritique(record, ctx)
+    assert result.rounds[0].checks[0].passed is False  # the model does not say "over and out"
+    assert not any("Critique request" in t for t in recording.seen)  # no critic call
+    (revise_request,) = [t for t in recording.seen if "Revision request" in t]
+    assert "ends_with: ends with" in revise_request and "over and out" in revise_request
+    assert result.rounds[0].critique.failed_checks == ["ends_with"]
+    assert result.rounds[0].revision is not None

@@ -241,7 +241,9 @@ def test_shipped_constitution_and_example_config() -> None:
     assert "instruction" in c.judge.pairwise
     cfg = load_config(ROOT / "examples" / "configs" / "instructions-cpu.yaml", RunConfig)
     assert (cfg.critique.constitution, cfg.prompts.path) == ("instructions", "instructions")
-    assert cfg.control.kind == "best_of_checks" and cfg.cycles == 3
+    assert cfg.control.kind == "best_of_checks"
+    # a checker decides: the failed rules are the critique, the checks rank the samples
+    assert cfg.critique.critic == "checks" and cfg.critique.score_samples is False
     assert cfg.critique.num_samples > 0 and "best_of_n" in cfg.harvest.strategies
 
 
