@@ -243,8 +243,7 @@ def test_shipped_constitution_and_example_config() -> None:
     assert (cfg.critique.constitution, cfg.prompts.path) == ("instructions", "instructions")
     assert cfg.control.kind == "best_of_checks"
     # a checker decides: the failed rules are the critique, the checks rank the samples
-    assert cfg.critique.critic == "checks" and cfg.critique.score_samples is False
-    assert cfg.critique.num_samples > 0 and "best_of_n" in cfg.harvest.strategies
+    assert cfg.critique.critic == "checks"
 
 
 # --- the command -------------------------------------------------------------------------
