@@ -177,6 +177,28 @@ async def test_best_of_checks_prefers_a_passing_sample(tmp_path):
     ]
 
 
+async def test_best_of_checks_asks_for_every_prompt_at_once(tmp_path):
+    # One prompt after another would leave the batching backend one prompt per batch.
+    import asyncio
+
+    class Gathered(SamplesBackend):
+        in_flight = peak = 0
+
+        async def generate(self, conversations, params):
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            await asyncio.sleep(0.01)  # the batcher's wait for more requests
+            self.in_flight -= 1
+            return await super().generate(conversations, params)
+
+    backend = Gathered([LONG, SHORT])
+    batch = [PromptRecord(id=f"p{i}", prompt=f"Question {i}?") for i in range(5)]
+    results = await control_results(context(tmp_path, backend), batch,
+                                     ControlConfig(kind="best_of_checks", samples=2))
+    assert backend.peak == 5
+    assert [r.prompt_id for r in results] == [f"p{i}" for i in range(5)]  # prompt order kept
+
+
 async def test_best_of_checks_skips_samples_cut_by_the_token_cap(tmp_path):
     # "Blue light" passes the word limit but hit the cap (no full stop): never chosen
     backend = SamplesBackend(["Blue light", LONG, SHORT])

@@ -14,6 +14,7 @@ harvest, training and the gate treat them exactly as the loop's.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from selfimprove.checks import run_checks
@@ -74,8 +75,8 @@ async def control_results(
             _result(ctx, record, out.text, trim_to_words(out.text, limit), out.num_tokens)
             for record, (out,) in zip(batch, outs, strict=True)
         ]
-    results = []
-    for record, conv in zip(batch, convs, strict=True):
+
+    async def best_of_checks(record: PromptRecord, conv: list[Message]) -> CritiqueResult:
         params = ctx.roles.sample_sampling.model_copy(
             update={"n": cfg.samples, "seed": prompt_seed(ctx.seed, record.id)}
         )
@@ -85,5 +86,8 @@ async def control_results(
         chosen = next((t for t, good in zip(texts, ok, strict=True) if good), texts[0])
         rejected = next((t for t, good in zip(texts, ok, strict=True) if not good), texts[-1])
         tokens = sum(s.num_tokens for s in samples)
-        results.append(_result(ctx, record, rejected, chosen, tokens))
-    return results
+        return _result(ctx, record, rejected, chosen, tokens)
+
+    # All prompts at once, so the backend batches their samples as it does the loop's.
+    return list(await asyncio.gather(*(best_of_checks(r, c)
+                                       for r, c in zip(batch, convs, strict=True))))
