@@ -163,6 +163,8 @@ async def test_with_the_checks_as_critic_the_reviser_gets_the_failed_rule_on_the
     assert result.rounds[0].checks[0].passed is False  # the model does not say "over and out"
     assert not any("Critique request" in t for t in recording.seen)  # no critic call
     (revise_request,) = [t for t in recording.seen if "Revision request" in t]
-    assert "ends_with: ends with" in revise_request and "over and out" in revise_request
-    assert result.rounds[0].critique.failed_checks == ["ends_with"]
+    check_id = record.checks[0].id  # derived from kind and value: ends_with-<hash>
+    assert f"- {check_id}: ends with '" in revise_request
+    assert "not 'over and out'" in revise_request
+    assert result.rounds[0].critique.failed_checks == [check_id]
     assert result.rounds[0].revision is not None
