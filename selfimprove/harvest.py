@@ -204,6 +204,11 @@ def _messages(role: str, text: str) -> list[dict[str, str]]:
     return [{"role": role, "content": text}]
 
 
+def _prompt(result: CritiqueResult) -> list[dict[str, str]]:
+    """The whole conversation is the prompt (TRL's conversational format allows it)."""
+    return [m.model_dump() for m in result.conversation()]
+
+
 def _provenance(result: CritiqueResult, cycle: int, created_at: str) -> dict[str, Any]:
     p1, p2 = _order_labels(result.verdict)
     return {
@@ -215,6 +220,7 @@ def _provenance(result: CritiqueResult, cycle: int, created_at: str) -> dict[str
         "p_b_order2": p2,
         "critiques": _critiques(result),
         "policy_version": result.policy_version,
+        "source": result.source,
         "cycle": cycle,
         "created_at": created_at,
     }
@@ -230,7 +236,7 @@ def _pair_row(
     base: dict[str, Any],
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "prompt": _messages("user", result.prompt),
+        "prompt": _prompt(result),
         "chosen": _messages("assistant", chosen.text),
         "rejected": _messages("assistant", rejected.text),
         "strategy": strategy,
@@ -248,7 +254,7 @@ def _pair_row(
 
 def _sft_row(result: CritiqueResult, base: dict[str, Any]) -> dict[str, Any]:
     checks = [c.model_dump() for c in result.final_checks]
-    messages = _messages("user", result.prompt) + _messages("assistant", result.final_response)
+    messages = _prompt(result) + _messages("assistant", result.final_response)
     verdict = result.verdict
     row: dict[str, Any] = {
         "messages": messages,
@@ -278,7 +284,7 @@ def _best_sample(result: CritiqueResult) -> str | None:
 
 def _sample_sft_row(result: CritiqueResult, text: str, base: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "messages": _messages("user", result.prompt) + _messages("assistant", text),
+        "messages": _prompt(result) + _messages("assistant", text),
         "strategy": "best_sample",
         **base,
         "principle_ids": [],  # the sample was not critiqued

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_args
@@ -12,8 +13,10 @@ from typing import Any, get_args
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from selfimprove.checks import Check
+from selfimprove.conversation import ConversationError, as_messages, split_answer, transcript
 from selfimprove.errors import ConfigError
 from selfimprove.hashing import prompt_id
+from selfimprove.types import Message
 
 _PACKAGED_DIR = "data/prompts"
 #: every check kind, for error messages
@@ -60,8 +63,19 @@ class PromptRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     id: str
-    prompt: str
+    prompt: str  # for a conversation: its transcript (what the held-out split hashes)
     checks: tuple[Check, ...] = ()
+    messages: tuple[Message, ...] = ()  # a conversation instead of a lone user turn
+    response: str | None = None  # an answer already given (agent traffic), to critique
+
+    @classmethod
+    def conversation(cls, messages: Sequence[Any], *, id: str | None = None,
+                     response: str | None = None, checks: Sequence[Check] = ()) -> PromptRecord:
+        """A record for a conversation; a final assistant turn becomes ``response``."""
+        conv, answer = split_answer(as_messages(messages))
+        text = transcript(conv)
+        return cls(id=id or prompt_id(text), prompt=text, messages=tuple(conv),
+                   response=response if response is not None else answer, checks=tuple(checks))
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -136,9 +150,22 @@ def _record(path: Path, no: int, line: str, field: str) -> PromptRecord:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ConfigError(path, f"invalid JSON: {exc.msg}", line=no) from None
+    if isinstance(row, dict) and "messages" in row and field not in row:
+        checks = _checks(path, no, row)
+        try:
+            return PromptRecord.conversation(row["messages"], id=row.get("id"), checks=checks)
+        except ConversationError as exc:
+            field_name, _, msg = str(exc).partition(": ")
+            raise ConfigError(path, msg, line=no, field=field_name) from None
     text = row.get(field) if isinstance(row, dict) else None
     if not isinstance(text, str) or not text.strip():
-        raise ConfigError(path, "each line needs a non-empty string", line=no, field=field)
+        raise ConfigError(path, "each line needs a non-empty string (or 'messages', a "
+                          "conversation)", line=no, field=field)
+    return PromptRecord(id=str(row.get("id") or prompt_id(text)), prompt=text,
+                        checks=_checks(path, no, row))
+
+
+def _checks(path: Path, no: int, row: dict[str, Any]) -> tuple[Check, ...]:
     try:
         checks = parse_prompt_checks(row.get("checks") or [])
     except ValidationError as exc:
@@ -153,7 +180,7 @@ def _record(path: Path, no: int, line: str, field: str) -> PromptRecord:
         elif err["type"] == "union_tag_not_found":
             msg = "a check needs a 'kind'"
         raise ConfigError(path, msg, line=no, field=where) from None
-    return PromptRecord(id=str(row.get("id") or prompt_id(text)), prompt=text, checks=checks)
+    return checks
 
 
 def load_dataset_prompts(name: str, split: str = "train", field: str = "prompt"):

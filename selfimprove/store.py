@@ -67,6 +67,7 @@ _PROVENANCE: list[tuple[str, str]] = [
     ("margin", "float64?"),
     ("critiques", "list<string>"),
     ("policy_version", "string"),
+    ("source", "string?"),  # "loop" or "traffic" (recorded from agents; absent in old shards)
     ("cycle", "int64"),
     ("created_at", "string"),
 ]
@@ -77,6 +78,8 @@ _PAIR_SPEC = [("prompt", "messages"), ("chosen", "messages"), ("rejected", "mess
 ]
 _SFT_SPEC = [("messages", "messages"), *_PROVENANCE, ("content_hash", "string")]
 PAIR_COLUMNS: list[str] = [name for name, _ in _PAIR_SPEC]
+#: provenance columns a row may leave out (added after the first format; null when absent)
+_OPTIONAL = ["source"]
 SFT_COLUMNS: list[str] = [name for name, _ in _SFT_SPEC]
 
 
@@ -154,7 +157,11 @@ def _atomic_write(path: Path, write: Callable[[Any], None], suffix: str) -> None
 
 
 def _prompt_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    return "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
+    """The text the held-out split hashes: a lone user turn, or a conversation's transcript
+    (as for prompt records, so a conversation falls on the same side everywhere)."""
+    from selfimprove.conversation import as_messages, transcript
+
+    return transcript(as_messages(messages))
 
 
 def seed_salt(seed: int) -> str:
@@ -277,6 +284,8 @@ class PreferenceStore:
         conversation = ("prompt", "chosen", "rejected") if kind == "pairs" else ("messages",)
         for i, row in enumerate(rows):
             where = f"{kind} row {i} (prompt_id={row.get('prompt_id')!r})"
+            for name in _OPTIONAL:
+                row.setdefault(name, None)
             missing, extra = set(columns) - set(row), set(row) - set(columns)
             if missing or extra:
                 raise StoreError(

@@ -116,7 +116,15 @@ class CritiqueResult(BaseModel):
     """What the critique graph returns for one prompt (also what harvest consumes)."""
 
     prompt_id: str
-    prompt: str
+    prompt: str = Field(description="the text critic and judge read: the prompt, or the "
+                        "conversation's transcript")
+    messages: list[Message] = Field(
+        default_factory=list, description="the conversation the response answers (empty: the "
+        "prompt as one user turn)")
+    response_given: bool = Field(
+        default=False, description="the first response was given (an agent's), not generated")
+    source: Literal["loop", "traffic"] = Field(
+        default="loop", description="traffic: recorded from an agent or a served request")
     prompt_checks: list[dict] = Field(
         default_factory=list, description="the prompt's own checks (JSON), beside the "
         "constitution's"
@@ -139,6 +147,10 @@ class CritiqueResult(BaseModel):
     @property
     def final_passes(self) -> bool:
         return passes(self.final_checks)
+
+    def conversation(self) -> list[Message]:
+        """The conversation the responses answer (TRL's conversational prompt)."""
+        return list(self.messages) or [Message(role="user", content=self.prompt)]
 
     @property
     def final_truncated(self) -> bool:

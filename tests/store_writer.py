@@ -32,6 +32,7 @@ def _provenance(shard: int, j: int) -> dict[str, Any]:
         "margin": 0.6,
         "critiques": ["shorter please"],
         "policy_version": "v0",
+        "source": "loop",
         "cycle": shard % 3,
         "created_at": "2025-01-01T00:00:00+00:00",
     }

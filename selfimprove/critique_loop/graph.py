@@ -66,6 +66,8 @@ def to_result(state: CritiqueState, ctx: CritiqueContext) -> CritiqueResult:
     return CritiqueResult(
         prompt_id=state["prompt_id"],
         prompt=state["prompt"],
+        messages=state.get("conversation") or [],
+        response_given=state.get("response_given", False),
         prompt_checks=state.get("prompt_checks") or [],
         constitution=ctx.constitution.name,
         constitution_hash=ctx.constitution.content_hash,
@@ -82,22 +84,44 @@ def to_result(state: CritiqueState, ctx: CritiqueContext) -> CritiqueResult:
     )
 
 
-#: what the plain calls accept as one prompt: its text, ``(id, text)``, or a record with the
-#: prompt's own checks
-PromptLike = str | tuple[str, str] | PromptRecord
+#: what the plain calls accept as one prompt: its text, ``(id, text)``, a record with the
+#: prompt's own checks, a conversation (a list of chat messages; a final assistant turn is the
+#: answer to critique) or the graph's input dict itself
+PromptLike = str | tuple[str, str] | PromptRecord | list[Any] | dict[str, Any]
 
 
-def _input(item: PromptLike) -> CritiqueInput:
+def _input(item: PromptLike, response: str | None = None) -> CritiqueInput:
+    out: CritiqueInput
     if isinstance(item, PromptRecord):
-        return {"prompt_id": item.id, "prompt": item.prompt,
-                "prompt_checks": item.checks_json()}
-    pid, text = item if isinstance(item, tuple) else (prompt_id(item), item)
-    return {"prompt_id": pid, "prompt": text}
+        out = {"prompt_id": item.id, "prompt_checks": item.checks_json()}
+        if item.messages:
+            out["messages"] = [m.model_dump() for m in item.messages]
+        else:
+            out["prompt"] = item.prompt
+        if item.response is not None:
+            out["response"] = item.response
+    elif isinstance(item, dict):
+        out = CritiqueInput(**item)  # type: ignore[typeddict-item]
+    elif isinstance(item, list):
+        out = {"messages": item}
+    elif isinstance(item, tuple):
+        out = {"prompt_id": item[0], "prompt": item[1]}
+    else:
+        out = {"prompt_id": prompt_id(item), "prompt": item}
+    if response is not None:
+        out["response"] = response
+    return out
 
 
-async def acritique(prompt: PromptLike, ctx: CritiqueContext) -> CritiqueResult:
-    """Run the critique loop on one prompt (the plain-call way to embed it)."""
-    state = await critique_graph().ainvoke(_input(prompt), context=ctx)
+async def acritique(
+    prompt: PromptLike, ctx: CritiqueContext, *, response: str | None = None
+) -> CritiqueResult:
+    """Run the critique loop on one prompt or conversation (the plain-call way to embed it).
+
+    ``response``: the answer already given (an agent's); it is checked, critiqued and revised
+    instead of a new one generated. A conversation ending with an assistant turn gives it too.
+    """
+    state = await critique_graph().ainvoke(_input(prompt, response), context=ctx)
     return to_result(state, ctx)
 
 

@@ -21,14 +21,24 @@ __all__ = ["CritiqueContext", "CritiqueInput", "CritiqueState", "Roles"]
 
 
 class CritiqueInput(TypedDict):
-    prompt_id: str
-    prompt: str
+    """What the graph is given: a prompt or a conversation, and optionally the answer to
+    critique (then nothing is generated first)."""
+
+    prompt_id: NotRequired[str]  # default: a hash of the prompt (or the conversation's text)
+    prompt: NotRequired[str]
+    # a conversation instead of a prompt: chat messages (dicts with role and content, our
+    # Message or LangChain messages); a final assistant turn is the answer to critique
+    messages: NotRequired[list[Any]]
+    response: NotRequired[str]  # the answer already given (an agent's), critiqued as it is
     prompt_checks: NotRequired[list[dict[str, Any]]]  # the prompt's own checks (JSON)
 
 
 class CritiqueState(TypedDict, total=False):
     prompt_id: str
-    prompt: str
+    prompt: str  # the text critic, reviser and judge read (a conversation's transcript)
+    messages: list[Any]  # the input conversation, never written (an agent's state owns it)
+    conversation: list[dict[str, str]]  # what the response answers, as JSON messages
+    response_given: bool  # the first response came with the input, not from the policy
     prompt_checks: list[dict[str, Any]]  # the prompt's own checks (JSON)
     first_response: str
     response: str  # the current response: the first one, then each revision
