@@ -214,6 +214,11 @@ class PromptSource(Strict):
     self_generated: int = Field(
         default=0, ge=0, description="new prompts the policy writes each cycle (deduplicated)"
     )
+    traffic: int = Field(
+        default=0, ge=0, description="recorded agent exchanges (``selfimprove serve --record``"
+        ", TrafficRecorder) each cycle adds to its batch, oldest first: the answer served is "
+        "the first response, critiqued and revised",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptSource:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -67,15 +67,18 @@ class PromptRecord(BaseModel):
     checks: tuple[Check, ...] = ()
     messages: tuple[Message, ...] = ()  # a conversation instead of a lone user turn
     response: str | None = None  # an answer already given (agent traffic), to critique
+    source: Literal["loop", "traffic"] = "loop"  # traffic: recorded from agents or requests
 
     @classmethod
     def conversation(cls, messages: Sequence[Any], *, id: str | None = None,
-                     response: str | None = None, checks: Sequence[Check] = ()) -> PromptRecord:
+                     response: str | None = None, checks: Sequence[Check] = (),
+                     source: Literal["loop", "traffic"] = "loop") -> PromptRecord:
         """A record for a conversation; a final assistant turn becomes ``response``."""
         conv, answer = split_answer(as_messages(messages))
         text = transcript(conv)
         return cls(id=id or prompt_id(text), prompt=text, messages=tuple(conv),
-                   response=response if response is not None else answer, checks=tuple(checks))
+                   response=response if response is not None else answer, checks=tuple(checks),
+                   source=source)
 
     @property
     def pair(self) -> tuple[str, str]:

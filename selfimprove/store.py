@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from filelock import FileLock
 from pydantic import BaseModel, Field
 
 from selfimprove.atomic import atomic_write
@@ -255,10 +256,14 @@ class PreferenceStore:
         return meta
 
     def _clean_temp_files(self) -> None:
-        """Remove temp files left by a writer that died mid-write."""
-        for folder in (self.dir, self._kind_dir("pairs"), self._kind_dir("sft"), self._log_dir):
-            for tmp in folder.glob(TMP_PREFIX + "*"):
-                tmp.unlink(missing_ok=True)
+        """Remove temp files left by a writer that died mid-write (holding the append lock,
+        so a live writer in another process keeps the shard it is writing)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.dir / ".append.lock")):
+            for folder in (self.dir, self._kind_dir("pairs"), self._kind_dir("sft"),
+                           self._log_dir):
+                for tmp in folder.glob(TMP_PREFIX + "*"):
+                    tmp.unlink(missing_ok=True)
 
     # -- held-out split ------------------------------------------------------------------
 
@@ -367,6 +372,18 @@ class PreferenceStore:
             )
         self._validate(pairs, "pairs")
         self._validate(sft, "sft")
+        # Another process (a server recording traffic) may append to the same store.
+        with FileLock(str(self.dir / ".append.lock")):
+            return self._append(pairs, sft, shard_id, dropped, prompt_ids)
+
+    def _append(
+        self,
+        pairs: list[dict[str, Any]],
+        sft: list[dict[str, Any]],
+        shard_id: str,
+        dropped: Mapping[str, int] | None,
+        prompt_ids: Iterable[str],
+    ) -> AppendResult:
         result = AppendResult(shard_id=shard_id)
         log_path = self._log_dir / f"{shard_id}.json"
         if log_path.exists():

@@ -19,7 +19,8 @@ async def harvest(state: CycleState, runtime: Runtime[CycleContext]) -> CycleSta
     results = [CritiqueResult.model_validate(r) for r in state.get("results", [])]
     out = harvest_results(results, ctx.cfg.harvest, cycle=c + 1)
     # A re-run after a crash finds the shard id already written and writes nothing.
-    res = ctx.store.append(out.pairs, out.sft, shard_id(c), dropped=out.dropped)
+    res = ctx.store.append(out.pairs, out.sft, shard_id(c), dropped=out.dropped,
+                           prompt_ids=[r.prompt_id for r in results])
     log = {e["shard_id"]: e for e in ctx.store.harvest_log()}.get(shard_id(c), {})
     pairs = log.get("pairs_written", res.pairs_written)
     sft = log.get("sft_written", res.sft_written)

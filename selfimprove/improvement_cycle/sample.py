@@ -48,6 +48,21 @@ async def self_generated(ctx: CycleContext, cycle: int, known: set[str]) -> list
     return out
 
 
+def pending_traffic(ctx: CycleContext, limit: int) -> list[PromptRecord]:
+    """Up to ``limit`` recorded exchanges no critique has covered, outside the held-out split
+    (the store refuses those for training), oldest first."""
+    from selfimprove.traffic import TrafficLog
+
+    out = []
+    for exchange in TrafficLog(ctx.run.path).pending(ctx.store.harvested_prompt_ids()):
+        record = exchange.prompt_record()
+        if not ctx.store.is_heldout(record.prompt):
+            out.append(record)
+        if len(out) == limit:
+            break
+    return out
+
+
 async def sample(state: CycleState, runtime: Runtime[CycleContext]) -> CycleState:
     ctx = runtime.context
     c = state.get("cycle", 0)
@@ -58,6 +73,11 @@ async def sample(state: CycleState, runtime: Runtime[CycleContext]) -> CycleStat
         extra = await self_generated(ctx, c, known)
         batch += extra
         note = f" (+{len(extra)} written by the policy)"
+    if ctx.cfg.prompts.traffic and ctx.arm == "loop":
+        # The control arm answers the prompt file only: it has no served answers to revise.
+        extra = pending_traffic(ctx, ctx.cfg.prompts.traffic)
+        batch += extra
+        note += f" (+{len(extra)} recorded exchanges)"
     ctx.progress("sample", f"cycle {c + 1}/{ctx.cfg.cycles}: {len(batch)} prompts{note}")
     return {
         "batch": [r.model_dump(mode="json") for r in batch],

@@ -1,0 +1,184 @@
+"""Recording agent traffic: durable at once, moved into the store once, used by the next cycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from selfimprove.backends.scripted import ScriptedBackend
+from selfimprove.constitution import load_constitution
+from selfimprove.critique_loop import acritique
+from selfimprove.improvement_cycle.sample import pending_traffic
+from selfimprove.store import PreferenceStore
+from selfimprove.traffic import Exchange, TrafficLog, TrafficRecorder, traffic_prompt_id
+from selfimprove.types import Message
+from tests.test_critique_graph import CONSTITUTION, LONG, SHORT, make_ctx, prefer, responder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def exchange(i: int, **kw) -> Exchange:
+    return Exchange(messages=[Message(role="user", content=f"question number {i}?")],
+                    response=f"answer {i}", **kw)
+
+
+@pytest.fixture
+def critiqued(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(CONSTITUTION)
+    ctx = make_ctx(load_constitution(path), ScriptedBackend(responder(SHORT), prefer(SHORT)))
+
+    async def make(question: str):
+        return await acritique([{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": question}], ctx, response=LONG)
+
+    return make
+
+
+async def test_recorded_exchanges_reach_the_store_once(tmp_path, critiqued):
+    run = tmp_path / "run"
+    result = await critiqued("How do tides work?")  # outside the held-out split
+    heldout = await critiqued("Why is the sea salty?")  # inside it: never a training row
+    assert PreferenceStore(run).is_heldout(heldout.prompt)
+    with TrafficRecorder(run, flush_seconds=3600) as recorder:
+        for i in range(3):
+            await recorder.arecord(exchange(i))
+        await recorder.arecord_critique(result)
+        await recorder.arecord_critique(heldout)
+        # Durable before it is stored: the journal holds every line already.
+        (segment,) = TrafficLog(run).journal_dir.glob("*.jsonl")
+        assert len(segment.read_text().splitlines()) == 5
+        assert TrafficLog(run).shard_paths() == []
+    log = TrafficLog(run)
+    table = log.table().to_pylist()
+    assert sorted(r["critiqued"] for r in table) == [False, False, False, True, True]
+    assert list(log.journal_dir.glob("*.jsonl")) == []
+    # The critiqued exchange became training rows marked as traffic, with the conversation.
+    store = PreferenceStore(run)
+    pairs = store.pairs_dataset()
+    assert store.stats()["dropped"]["heldout_traffic"] == 1
+    assert pairs.num_rows == 1 and pairs["source"] == ["traffic"] and pairs["cycle"] == [-1]
+    assert pairs[0]["prompt"][0] == {"role": "system", "content": "Be brief."}
+    assert pairs[0]["chosen"][0]["content"] == SHORT
+    assert pairs[0]["rejected"][0]["content"] == LONG
+    # Pending for the next cycle: the three exchanges nobody critiqued, oldest first.
+    pending = log.pending(store.harvested_prompt_ids())
+    assert [e.response for e in pending] == ["answer 0", "answer 1", "answer 2"]
+
+
+async def test_a_move_cut_by_a_crash_is_finished_without_duplicates(tmp_path, critiqued):
+    run = tmp_path / "run"
+    result = await critiqued("How do tides work?")
+    recorder = TrafficRecorder(run, flush_seconds=3600)
+    recorder.record(exchange(1))
+    recorder.record(Exchange.from_critique(result))
+    recorder._rotate()
+    (segment,) = TrafficLog(run).journal_dir.glob("*.jsonl")
+    kept = segment.read_bytes()
+    recorder.close()
+    # As if the process died after writing the shards but before deleting the segment:
+    segment.write_bytes(kept + b'{"id": "torn", "messa')  # and a torn, unacknowledged line
+    again = TrafficRecorder(run, flush_seconds=3600)
+    again.close()
+    assert TrafficLog(run).table().num_rows == 2
+    assert PreferenceStore(run).pairs_dataset().num_rows == 1
+    assert list(TrafficLog(run).journal_dir.glob("*.jsonl")) == []
+
+
+def test_a_broken_line_inside_a_segment_is_a_located_error(tmp_path):
+    run = tmp_path / "run"
+    journal = TrafficLog(run).journal_dir
+    journal.mkdir(parents=True)
+    bad = journal / "old.jsonl"
+    bad.write_text(exchange(1).model_dump_json() + "\nnot json\n" + exchange(2).model_dump_json()
+                   + "\n")
+    with pytest.raises(ValueError, match=r"old\.jsonl:2: unreadable journal line"):
+        TrafficRecorder(run, flush_seconds=3600)
+    assert bad.exists()  # nothing recorded is thrown away
+
+
+def test_a_closed_recorder_refuses_to_record(tmp_path):
+    recorder = TrafficRecorder(tmp_path / "run", flush_seconds=3600)
+    recorder.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        recorder.record(exchange(0))
+
+
+def test_the_background_thread_moves_traffic_without_close(tmp_path):
+    run = tmp_path / "run"
+    recorder = TrafficRecorder(run, flush_seconds=0.1)
+    try:
+        recorder.record(exchange(7))
+        deadline = time.monotonic() + 10
+        while TrafficLog(run).table().num_rows == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert TrafficLog(run).table().column("critiqued").to_pylist() == [False]
+    finally:
+        recorder.close()
+
+
+WRITER = """
+import sys
+from selfimprove.traffic import Exchange, TrafficRecorder
+from selfimprove.types import Message
+recorder = TrafficRecorder(sys.argv[1], flush_seconds=0.05)
+i = 0
+while True:
+    e = Exchange(id=f"x{i:05d}", messages=[Message(role="user", content=f"q {i} " * 200)],
+                 response="a" * 2000)
+    recorder.record(e)
+    print(e.id, flush=True)  # acknowledged: the request would be answered now
+    i += 1
+"""
+
+
+@pytest.mark.slow
+def test_every_acknowledged_exchange_is_stored_exactly_once_after_sigkill(tmp_path):
+    run = tmp_path / "run"
+    rng = random.Random(0)
+    acknowledged: list[str] = []
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(run)], stdout=subprocess.PIPE,
+                                text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert proc.stdout is not None
+        acknowledged.append(proc.stdout.readline().strip())
+        time.sleep(rng.uniform(0.2, 1.0))
+        os.kill(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        acknowledged += out.split()
+        assert proc.returncode == -signal.SIGKILL
+    TrafficRecorder(run, flush_seconds=3600).close()  # the restart moves what was left
+    ids = TrafficLog(run).table().column("exchange_id").to_pylist()
+    assert len(ids) == len(set(ids))  # nothing twice
+    assert set(acknowledged) <= set(ids)  # nothing acknowledged lost
+    assert list(TrafficLog(run).journal_dir.glob("*.jsonl")) == []
+
+
+def test_the_next_cycle_takes_pending_exchanges_outside_the_heldout_split(tmp_path):
+    run = tmp_path / "run"
+    store = PreferenceStore(run, heldout_fraction=0.5, salt="fixed")
+    with TrafficRecorder(run, flush_seconds=3600) as recorder:
+        for i in range(20):
+            recorder.record(exchange(i))
+    ctx = SimpleNamespace(run=SimpleNamespace(path=run), store=store)
+    records = pending_traffic(ctx, limit=4)
+    assert len(records) == 4
+    assert all(r.source == "traffic" and r.response and r.id.startswith("traffic-")
+               for r in records)
+    assert not any(store.is_heldout(r.prompt) for r in records)
+    # Once a cycle's harvest covered them, they are no longer pending.
+    store.append([], [], "cycle-0001", prompt_ids=[r.id for r in records])
+    rest = pending_traffic(ctx, limit=100)
+    assert not {r.id for r in rest} & {r.id for r in records}
+    assert {traffic_prompt_id(e.id) for e in TrafficLog(run).pending(set())} >= {
+        r.id for r in rest}
+    assert json.loads(records[0].model_dump_json())["source"] == "traffic"
