@@ -246,6 +246,23 @@ class ControlConfig(Strict):
     samples: int = Field(default=4, ge=2, description="samples per prompt for best_of_checks")
 
 
+class ServeConfig(Strict):
+    """``selfimprove serve``: an OpenAI-compatible server for a run's current version."""
+
+    host: str = Field(default="127.0.0.1", description="without an API key only a loopback "
+                      "address is allowed")
+    port: int = Field(default=8000, ge=0, le=65535)
+    model_name: str | None = Field(default=None, description="the model id clients ask for "
+                                   "(default: the run directory's name)")
+    api_key_env: str = Field(default="SELFIMPROVE_API_KEY", description="the environment "
+                             "variable holding the API key; unset: no key is asked for")
+    record: bool = Field(default=False, description="record every exchange into the run's "
+                         "store (for the next cycle)")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    flush_seconds: float = Field(default=10.0, gt=0, description="how often recorded "
+                                 "exchanges move from the journal into the store")
+
+
 class RunConfig(Strict):
     """Everything ``selfimprove run`` does; every CLI flag maps onto one of these keys."""
 
@@ -265,6 +282,7 @@ class RunConfig(Strict):
     sft: TrainConfig = TrainConfig(method="sft")
     gate: GateConfig = GateConfig()
     control: ControlConfig = ControlConfig()
+    serve: ServeConfig = ServeConfig()
 
     def train_config(self, method: str) -> TrainConfig:
         """The training settings of ``method`` ('dpo' or 'sft')."""

@@ -13,7 +13,8 @@ from selfimprove.errors import SelfImproveError
 
 # Command modules, in the order they appear in --help.
 COMMANDS = (
-    "critique", "run", "report", "eval", "data", "train", "policies", "constitution", "prompts"
+    "critique", "run", "serve", "report", "eval", "data", "train", "policies", "constitution",
+    "prompts",
 )
 
 
