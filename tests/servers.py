@@ -6,6 +6,7 @@ Both listen on 127.0.0.1 only, on a free port.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -258,3 +259,31 @@ def stop_process(process: subprocess.Popen, grace_s: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=grace_s)
+
+
+def start_selfimprove_serve(
+    run_dir: Path, workdir: Path, *args: str, env: dict[str, str] | None = None,
+    timeout_s: float = 180.0,
+) -> ServeProcess:
+    """Start ``selfimprove serve RUN_DIR`` on a free port; wait until ``/health`` answers."""
+    port = free_port()
+    log_path = workdir / f"selfimprove-serve-{port}.log"
+    cmd = [sys.executable, "-m", "selfimprove", "serve", str(run_dir), "--port", str(port),
+           *args]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+                                   env={**os.environ, **(env or {})})
+    serve = ServeProcess(f"http://{HOST}:{port}", str(run_dir), process, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"selfimprove serve exited with {process.returncode}:\n{serve.log_tail()}")
+        try:
+            if httpx.get(f"{serve.url}/health", timeout=2).status_code == 200:
+                return serve
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    stop_process(process)
+    raise RuntimeError(f"selfimprove serve not healthy after {timeout_s} s:\n{serve.log_tail()}")
