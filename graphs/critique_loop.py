@@ -1,13 +1,18 @@
-"""The critique loop as a compiled LangGraph graph (for the CLI, embedding and LangGraph Server).
+"""The critique loop for LangGraph Server (``langgraph.json``) and for embedding.
 
-Invoke with a :class:`selfimprove.critique_loop.CritiqueContext`::
+Its context may be the live :class:`selfimprove.critique_loop.CritiqueContext` or, as a
+LangGraph Server run sends it, a :class:`selfimprove.config.CritiqueConfig` as JSON (models
+load once per distinct configuration)::
 
-    from graphs.critique_loop import graph
-    state = await graph.ainvoke({"prompt_id": "p1", "prompt": "..."}, context=ctx)
+    POST /runs/wait {"assistant_id": "critique_loop",
+                     "input": {"prompt": "Why is the sky blue?"},
+                     "context": {"constitution": "concise", "max_rounds": 1}}
 
-or build a context from config with :func:`selfimprove.wiring.make_context`.
+The input is a prompt, or ``messages`` (a conversation) and optionally the ``response`` an
+agent gave. To embed the graph's nodes themselves, use
+:func:`selfimprove.critique_loop.build_critique_graph`.
 """
 
-from selfimprove.critique_loop.graph import build_critique_graph
+from selfimprove.server_graphs import critique_server_graph
 
-graph = build_critique_graph()
+graph = critique_server_graph()

@@ -1,10 +1,11 @@
-"""The improvement cycle as a compiled LangGraph graph.
+"""The improvement cycle for LangGraph Server (``langgraph.json``).
 
-Runs are started with ``selfimprove run`` (:func:`selfimprove.runner.run`), which adds the
-SQLite checkpointer in the run directory and the :class:`~selfimprove.improvement_cycle.state.
-CycleContext`; this module exposes the bare graph for inspection and embedding.
+Its context names the run: ``{"run_dir": "runs/x", "config": {...RunConfig...}}`` starts one,
+``{"run_dir": "runs/x"}`` continues it. The run keeps its own SQLite checkpoints in the run
+directory, as ``selfimprove run`` does; the graph returns the run's cycle records and current
+version. To embed the cycle's nodes, use :func:`selfimprove.build_cycle_graph`.
 """
 
-from selfimprove.improvement_cycle.graph import build_cycle_graph
+from selfimprove.server_graphs import cycle_server_graph
 
-graph = build_cycle_graph()
+graph = cycle_server_graph()

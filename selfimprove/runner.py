@@ -25,7 +25,7 @@ from selfimprove.rundir import RunDir
 from selfimprove.sources import PromptRecord
 from selfimprove.store import is_heldout, seed_salt
 
-__all__ = ["build_context", "load_run_config", "prepare", "run", "run_cycles"]
+__all__ = ["arun", "build_context", "load_run_config", "prepare", "run", "run_cycles"]
 
 THREAD = {"configurable": {"thread_id": "improvement-cycle"}}
 
@@ -203,8 +203,32 @@ def run(
     """Start a run in ``run_dir`` with ``cfg``, or continue the one there (``resume``).
 
     With ``cfg.control.enabled`` the control arm then runs in ``run_dir/control`` with the same
-    prompts, seed, training and gate. Returns the loop arm's final state.
+    prompts, seed, training and gate. Returns the loop arm's final state. SIGTERM stops it
+    like Ctrl-C (see :func:`arun` for the same from inside an event loop).
     """
+
+    async def main() -> dict[str, Any]:
+        _cancel_on_sigterm()
+        return await arun(cfg, run_dir, resume=resume, config_path=config_path, roles=roles,
+                          trainer=trainer, progress=progress)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+
+
+async def arun(
+    cfg: RunConfig | None,
+    run_dir: Path | str,
+    *,
+    resume: bool = False,
+    config_path: Path | None = None,
+    roles: Roles | None = None,
+    trainer: Callable[..., Any] | None = None,
+    progress: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`run` in the running event loop (a server, a notebook)."""
     run_ = RunDir(run_dir)
     if resume:
         cfg = load_run_config(run_)
@@ -225,7 +249,6 @@ def run(
     async def main() -> dict[str, Any]:
         from selfimprove.wiring import make_roles
 
-        _cancel_on_sigterm()
         shared = roles or make_roles(cfg.critique.roles)
         final: dict[str, Any] = {}
         try:
@@ -251,10 +274,10 @@ def run(
         return final
 
     try:
-        return asyncio.run(main())
+        return await main()
     except (KeyboardInterrupt, asyncio.CancelledError):
         _mark(arms, "interrupted", "stopped by a signal; continue with --resume")
-        raise KeyboardInterrupt from None
+        raise
     except BaseException as exc:
         _mark(arms, "failed", f"{type(exc).__name__}: {exc}")
         raise
