@@ -25,7 +25,7 @@ from selfimprove.rundir import RunDir
 from selfimprove.sources import PromptRecord
 from selfimprove.store import is_heldout, seed_salt
 
-__all__ = ["arun", "build_context", "load_run_config", "prepare", "run", "run_cycles"]
+__all__ = ["arun", "build_context", "create_run", "load_run_config", "prepare", "run", "run_cycles"]
 
 THREAD = {"configurable": {"thread_id": "improvement-cycle"}}
 
@@ -190,6 +190,26 @@ async def run_cycles(ctx: CycleContext, *, resume: bool = False) -> dict[str, An
         )
 
 
+def create_run(cfg: RunConfig, run_dir: Path | str, config_path: Path | None = None
+               ) -> Prepared:
+    """Validate ``cfg`` and write a new run directory (config, summary, v0) without running a
+    cycle: ``selfimprove serve --config`` serves and records before the first cycle, and
+    ``selfimprove run --resume`` starts the cycles later."""
+    from selfimprove.registry import PolicyRegistry
+    from selfimprove.store import PreferenceStore
+
+    run_ = RunDir(run_dir)
+    cfg = resolve_prompt_path(cfg, config_path)
+    run_.refuse_existing()
+    prepared = prepare(cfg, config_path or "<config>")
+    run_.create(cfg, _summary(prepared))
+    assert cfg.critique.roles.policy.backend is not None
+    PolicyRegistry(run_.path, base_model=cfg.critique.roles.policy.backend.model)
+    # The store's held-out split is fixed now, before anything (a recorder) opens it.
+    PreferenceStore(run_.path, heldout_fraction=cfg.heldout_fraction, salt=seed_salt(cfg.seed))
+    return prepared
+
+
 def run(
     cfg: RunConfig | None,
     run_dir: Path | str,
@@ -235,10 +255,8 @@ async def arun(
         prepared = prepare(cfg, run_.config_path)
     else:
         assert cfg is not None
-        cfg = resolve_prompt_path(cfg, config_path)
-        run_.refuse_existing()
-        prepared = prepare(cfg, config_path or "<config>")
-        run_.create(cfg, _summary(prepared))
+        prepared = create_run(cfg, run_.path, config_path)
+        cfg = prepared.cfg
     arms: list[tuple[Arm, RunDir]] = [("loop", run_)]
     if cfg.control.enabled:
         if not run_.control.holds_run():

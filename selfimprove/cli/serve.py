@@ -23,6 +23,9 @@ FLAGS = {"host": "--host", "port": "--port", "model_name": "--model-name",
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a run's current version (OpenAI-compatible API)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--config", type=Path, help="run config YAML: creates RUN_DIR as a new run "
+                   "(v0, no cycle yet) when it holds none; `selfimprove run --resume` later "
+                   "runs its cycles")
     p.add_argument("--host", help="address to bind (key: serve.host; default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (key: serve.port; default 8000)")
     p.add_argument("--model-name", help="model id clients ask for (key: serve.model_name)")
@@ -40,13 +43,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from selfimprove.config import ServeConfig, validate_overrides
+    from selfimprove.config import RunConfig, ServeConfig, load_config, validate_overrides
+    from selfimprove.errors import SelfImproveError
     from selfimprove.rundir import RunDir
-    from selfimprove.runner import load_run_config
+    from selfimprove.runner import create_run, load_run_config
     from selfimprove.serving import RunService, build_app
     from selfimprove.serving.service import check_exposure
 
     run = RunDir(args.run_dir)
+    if not run.holds_run():
+        if args.config is None:
+            raise SelfImproveError(f"{run.path} holds no run: start one with `selfimprove run`, "
+                                   "or pass --config to create it here")
+        create_run(load_config(args.config, RunConfig), run.path, args.config)
+    elif args.config is not None:
+        raise SelfImproveError(f"{run.path} already holds a run; its own config applies "
+                               "(leave out --config)")
     cfg = load_run_config(run)
     data = cfg.serve.model_dump()
     data.update({k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None})
