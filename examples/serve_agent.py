@@ -33,8 +33,8 @@ def converse(client: OpenAI, model: str, city: str, *, critique: bool = False,
                                             "I not miss?"}]
     extra = {"critique": True} if critique else None
     for follow_up in ("What food should I try there?", None):
-        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                               extra_body=extra)
+        reply = client.chat.completions.create(model=model, messages=messages,
+                                               max_tokens=max_tokens, extra_body=extra)
         messages.append({"role": "assistant", "content": reply.choices[0].message.content})
         if follow_up is None:
             break

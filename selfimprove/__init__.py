@@ -31,6 +31,10 @@ _EXPORTS = {
     "PolicyRef": "selfimprove.types",
     "SamplingParams": "selfimprove.types",
     "run": "selfimprove.runner",
+    "arun": "selfimprove.runner",
+    "reflect": "selfimprove.agents",
+    "TrafficRecorder": "selfimprove.traffic",
+    "Exchange": "selfimprove.traffic",
 }
 
 __all__ = ["__version__", *_EXPORTS]

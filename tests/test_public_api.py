@@ -33,6 +33,8 @@ HOMES = {
     "RunConfig": "selfimprove.config",
     "PolicyRegistry": "selfimprove.registry",
     "PreferenceStore": "selfimprove.store",
+    "reflect": "selfimprove.agents",
+    "TrafficRecorder": "selfimprove.traffic",
 }
 
 
