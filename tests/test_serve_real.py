@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -103,6 +104,15 @@ async def test_auth_and_bad_requests_through_the_client(server):
     assert missing.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError, match="at least one message"):
         await api.chat.completions.create(model="run", messages=[])
+    # What the client library would never send, straight over HTTP:
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    url = f"{serve.url}/v1/chat/completions"
+    async with httpx.AsyncClient(timeout=60) as http:
+        bad = await http.post(url, content=b'{"model": "run", "messages": [', headers=headers)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+        big = b'{"model": "run", "messages": [{"role": "user", "content": "' + b"x" * 2_000_000
+        over = await http.post(url, content=big + b'"}]}', headers=headers)
+        assert over.status_code == 413 and over.json()["error"]["code"] == "request_too_large"
     # and it still answers
     ok = await api.chat.completions.create(model="run", messages=QUESTION, max_tokens=8)
     assert ok.choices[0].message.content is not None
