@@ -117,8 +117,7 @@ def _example():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["revise", "agent"])
-async def test_the_reflect_example_on_the_embedded_model(embedded_backend, mode, tmp_path):
+async def test_the_reflect_example_on_the_embedded_model(embedded_backend, tmp_path):
     """A real LangGraph agent on the embedded model, wrapped; its critique recorded."""
     from selfimprove.critique_loop import CritiqueContext, Roles
     from selfimprove.types import SamplingParams
@@ -130,14 +129,14 @@ async def test_the_reflect_example_on_the_embedded_model(embedded_backend, mode,
                           max_rounds=1, critic="checks")
     with TrafficRecorder(tmp_path / "run", flush_seconds=3600) as recorder:
         state = await _example().answer("Explain in detail how a car engine works.", ctx,
-                                        mode=mode, recorder=recorder)
-    final = state["messages"][-1]
+                                        recorder=recorder)
+    # (mode "agent" runs the same nodes on scripted models above; on the real model it only
+    # re-asks the agent, which costs a minute and tests nothing new)
+    *_, final = state["messages"]
     assert isinstance(final, AIMessage) and final.content.strip()
-    if mode == "revise":
-        info = final.additional_kwargs["selfimprove"]
-        assert info["first_response"].strip() and info["rounds"] >= 0
-        assert TrafficLog(tmp_path / "run").table().num_rows == 1
-    else:
-        # a long first answer fails the word limit, so the agent was asked again
-        critics = [m for m in state["messages"] if getattr(m, "name", None) == CRITIC_NAME]
-        assert 1 <= len(critics) <= 2 and "max_80_words" in critics[0].content
+    info = final.additional_kwargs["selfimprove"]
+    assert info["first_response"].strip()
+    # 160 tokens break concise's 80-word rule, so the answer was critiqued and revised
+    assert len(info["first_response"].split()) > 80 and info["rounds"] == 1
+    assert final.content != info["first_response"]
+    assert TrafficLog(tmp_path / "run").table().num_rows == 1
