@@ -67,18 +67,20 @@ class PromptRecord(BaseModel):
     checks: tuple[Check, ...] = ()
     messages: tuple[Message, ...] = ()  # a conversation instead of a lone user turn
     response: str | None = None  # an answer already given (agent traffic), to critique
+    response_truncated: bool = False  # that answer hit its token cap when it was served
     source: Literal["loop", "traffic"] = "loop"  # traffic: recorded from agents or requests
 
     @classmethod
     def conversation(cls, messages: Sequence[Any], *, id: str | None = None,
                      response: str | None = None, checks: Sequence[Check] = (),
-                     source: Literal["loop", "traffic"] = "loop") -> PromptRecord:
+                     source: Literal["loop", "traffic"] = "loop",
+                     response_truncated: bool = False) -> PromptRecord:
         """A record for a conversation; a final assistant turn becomes ``response``."""
         conv, answer = split_answer(as_messages(messages))
         text = transcript(conv)
         return cls(id=id or prompt_id(text), prompt=text, messages=tuple(conv),
                    response=response if response is not None else answer, checks=tuple(checks),
-                   source=source)
+                   source=source, response_truncated=response_truncated)
 
     @property
     def pair(self) -> tuple[str, str]:

@@ -9,7 +9,8 @@ Layout under the run directory::
 
 Each shard is written to a ``.tmp-*`` file in the same directory, fsynced, renamed into place
 with ``os.replace`` and the directory fsynced, so a reader (or a ``*.parquet`` glob) never sees
-a partial shard, even after ``kill -9``. One process writes a store at a time.
+a partial shard, even after ``kill -9``. Appends take a file lock (``store/.append.lock``), so
+a run and a server recording traffic (:mod:`selfimprove.traffic`) can write the same store.
 """
 
 from __future__ import annotations

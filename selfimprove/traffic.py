@@ -62,18 +62,21 @@ class Exchange(BaseModel):
     messages: list[Message] = Field(min_length=1, description="the conversation asked")
     response: str = Field(description="what was answered (the final revision if critiqued)")
     policy_version: str = "v0"
+    truncated: bool = Field(default=False, description="the answer hit its token cap")
     created_at: str = Field(default_factory=_now)
     critique: CritiqueResult | None = None
 
     @classmethod
     def from_critique(cls, result: CritiqueResult, **kw: Any) -> Exchange:
         return cls(messages=result.conversation(), response=result.final_response,
-                   policy_version=result.policy_version, critique=result, **kw)
+                   policy_version=result.policy_version, truncated=result.final_truncated,
+                   critique=result, **kw)
 
     def prompt_record(self) -> PromptRecord:
         """The exchange as a prompt for the next cycle: its answer is the first response."""
         return PromptRecord.conversation(self.messages, id=traffic_prompt_id(self.id),
-                                         response=self.response, source="traffic")
+                                         response=self.response, source="traffic",
+                                         response_truncated=self.truncated)
 
 
 def _schema() -> pa.Schema:
@@ -85,6 +88,7 @@ def _schema() -> pa.Schema:
         ("messages", pa.list_(message)),  # the conversation and the answer, as TRL messages
         ("policy_version", pa.string()),
         ("critiqued", pa.bool_()),
+        ("truncated", pa.bool_()),  # the answer hit its token cap when served
         ("created_at", pa.string()),
     ])
 
@@ -122,7 +126,7 @@ class TrafficLog:
             *conversation, answer = row["messages"]
             out.append(Exchange(id=row["exchange_id"], messages=conversation,
                                 response=answer["content"], policy_version=row["policy_version"],
-                                created_at=row["created_at"]))
+                                truncated=bool(row["truncated"]), created_at=row["created_at"]))
         return out
 
 
@@ -245,6 +249,7 @@ class TrafficRecorder:
                 + [{"role": "assistant", "content": e.response}],
                 "policy_version": e.policy_version,
                 "critiqued": e.critique is not None,
+                "truncated": e.truncated,
                 "created_at": e.created_at,
             } for e in new]
             table = pa.Table.from_pylist(rows, schema=_schema())

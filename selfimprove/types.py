@@ -123,6 +123,9 @@ class CritiqueResult(BaseModel):
         "prompt as one user turn)")
     response_given: bool = Field(
         default=False, description="the first response was given (an agent's), not generated")
+    first_truncated: bool = Field(
+        default=False, description="the given first response had hit its token cap when it "
+        "was served")
     source: Literal["loop", "traffic"] = Field(
         default="loop", description="traffic: recorded from an agent or a served request")
     prompt_checks: list[dict] = Field(
@@ -154,6 +157,7 @@ class CritiqueResult(BaseModel):
 
     @property
     def final_truncated(self) -> bool:
-        """Whether the final response is a revision that hit its token budget."""
+        """Whether the final response hit its token budget: the last revision's, or, with no
+        revision, a given first response's (a served answer cut off)."""
         revised = [r for r in self.rounds if r.revision is not None]
-        return bool(revised) and revised[-1].revision_truncated
+        return revised[-1].revision_truncated if revised else self.first_truncated

@@ -181,11 +181,11 @@ def test_serve_agent_example_traffic_is_critiqued_and_trained_on(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((root / "examples/configs/traffic-cpu.yaml").read_text())
-    cfg.update(batch_size=1, prompts={"path": "general", "traffic": 6})
+    cfg.update(batch_size=1, prompts={"path": "general", "traffic": 4})
     cfg["critique"]["roles"]["policy"]["sampling"]["max_new_tokens"] = 48
     cfg["critique"]["roles"]["reviser"]["sampling"]["max_new_tokens"] = 48
     cfg["schedule"] = {"min_new_pairs": 1, "methods": ["sft"]}
-    cfg["sft"].update(max_steps=2, max_length=128)
+    cfg["sft"].update(max_steps=1, max_length=128)
     cfg["gate"] = {"num_prompts": 2}
     config = tmp_path / "traffic.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -195,18 +195,18 @@ def test_serve_agent_example_traffic_is_critiqued_and_trained_on(tmp_path):
     try:
         agent = subprocess.run(
             [sys.executable, str(root / "examples/serve_agent.py"), "--base-url",
-             f"{serve.url}/v1", "--destinations", "3", "--max-tokens", "48"],
+             f"{serve.url}/v1", "--destinations", "2", "--max-tokens", "32"],
             capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert agent.returncode == 0, agent.stderr
-        assert agent.stdout.count("[assistant]") == 6
+        assert agent.stdout.count("[assistant]") == 4
     finally:
         stop_process(serve.process)
-    assert TrafficLog(run).table().num_rows == 6
+    assert TrafficLog(run).table().num_rows == 4
     done = subprocess.run([sys.executable, "-m", "selfimprove", "run", "--resume", str(run)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     (cycle,) = Run(run).load_cycles()
-    assert cycle.prompts == 1 + 6 and cycle.trained and cycle.train_method == "sft"
+    assert cycle.prompts == 1 + 4 and cycle.trained and cycle.train_method == "sft"
     store = PreferenceStore(run)
     sources = [*store.sft_dataset()["source"], *store.pairs_dataset()["source"]]
     traffic_rows = [s for s in sources if s == "traffic"]

@@ -182,3 +182,27 @@ def test_the_next_cycle_takes_pending_exchanges_outside_the_heldout_split(tmp_pa
     assert {traffic_prompt_id(e.id) for e in TrafficLog(run).pending(set())} >= {
         r.id for r in rest}
     assert json.loads(records[0].model_dump_json())["source"] == "traffic"
+
+
+async def test_a_served_answer_cut_at_its_token_cap_is_no_sft_example(tmp_path):
+    """A plain answer that hit max_tokens, critiqued by the next cycle and passing every check,
+    would teach stopping mid-sentence: harvest drops it (a revision of it is still kept)."""
+    from selfimprove.config import HarvestConfig
+    from selfimprove.harvest import harvest
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(CONSTITUTION)
+    ctx = make_ctx(load_constitution(path), ScriptedBackend(responder(SHORT), prefer(SHORT)),
+                   critic="checks")
+    run = tmp_path / "run"
+    with TrafficRecorder(run, flush_seconds=3600) as recorder:
+        recorder.record(exchange(1, truncated=True).model_copy(update={"response": "cut off"}))
+        recorder.record(exchange(2).model_copy(update={"response": "whole answer"}))
+    cut, whole = [e.prompt_record() for e in TrafficLog(run).pending(set())]
+    assert cut.response_truncated and not whole.response_truncated
+    results = [await acritique(r, ctx) for r in (cut, whole)]
+    assert [r.rounds for r in results] == [[], []]  # both pass the checks: nothing to revise
+    out = harvest(results, HarvestConfig())
+    assert [row["messages"][-1]["content"] for row in out.sft] == ["whole answer"]
+    assert out.dropped == {"no_revision": 2, "truncated_sft": 1}
+    assert {r.source for r in results} == {"traffic"}

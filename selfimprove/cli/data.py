@@ -50,6 +50,8 @@ def _print_stats(stats: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from selfimprove.traffic import TRAFFIC_CYCLE
+
     console = Console()
     summary = Table(title="preference store", show_header=False)
     summary.add_row("pairs", str(stats["pairs"]))
@@ -74,7 +76,9 @@ def _print_stats(stats: dict[str, Any]) -> None:
     for column in ("cycle", "pairs", "sft"):
         cycles.add_column(column, justify="right")
     for cycle, counts in stats["by_cycle"].items():
-        cycles.add_row(str(cycle), str(counts["pairs"]), str(counts["sft"]))
+        # Rows harvested from agent traffic were recorded outside any cycle.
+        name = "traffic" if cycle == TRAFFIC_CYCLE else str(cycle)
+        cycles.add_row(name, str(counts["pairs"]), str(counts["sft"]))
     console.print(cycles)
 
 

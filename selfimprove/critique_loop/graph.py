@@ -68,6 +68,7 @@ def to_result(state: CritiqueState, ctx: CritiqueContext) -> CritiqueResult:
         prompt=state["prompt"],
         messages=state.get("conversation") or [],
         response_given=state.get("response_given", False),
+        first_truncated=state.get("response_truncated", False),
         source=state.get("source") or "loop",
         prompt_checks=state.get("prompt_checks") or [],
         constitution=ctx.constitution.name,
@@ -101,6 +102,7 @@ def _input(item: PromptLike, response: str | None = None) -> CritiqueInput:
             out["prompt"] = item.prompt
         if item.response is not None:
             out["response"] = item.response
+            out["response_truncated"] = item.response_truncated
         if item.source != "loop":
             out["source"] = item.source
     elif isinstance(item, dict):

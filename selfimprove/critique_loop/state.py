@@ -30,6 +30,7 @@ class CritiqueInput(TypedDict):
     # Message or LangChain messages); a final assistant turn is the answer to critique
     messages: NotRequired[list[Any]]
     response: NotRequired[str]  # the answer already given (an agent's), critiqued as it is
+    response_truncated: NotRequired[bool]  # that answer had hit its token cap
     source: NotRequired[str]  # "traffic" for recorded agent traffic (store provenance)
     prompt_checks: NotRequired[list[dict[str, Any]]]  # the prompt's own checks (JSON)
 
@@ -40,6 +41,7 @@ class CritiqueState(TypedDict, total=False):
     messages: list[Any]  # the input conversation, never written (an agent's state owns it)
     conversation: list[dict[str, str]]  # what the response answers, as JSON messages
     response_given: bool  # the first response came with the input, not from the policy
+    response_truncated: bool  # the given first response had hit its token cap
     source: str  # "loop" (default) or "traffic"
     prompt_checks: list[dict[str, Any]]  # the prompt's own checks (JSON)
     first_response: str

@@ -172,8 +172,9 @@ async def _plain(service: RunService, req: ChatRequest, conv: list[Message]):
     outs = await _generate(ctx, conv)
     if service.recorder is not None:
         for out in outs:  # durable before the answer leaves
-            await service.recorder.arecord(Exchange(messages=conv, response=out.text,
-                                                    policy_version=version))
+            await service.recorder.arecord(Exchange(
+                messages=conv, response=out.text, policy_version=version,
+                truncated=out.finish_reason == "length"))
     if req.stream:
         return StreamingResponse(_stream(service.model_name, version, outs),
                                  media_type="text/event-stream")
