@@ -195,7 +195,7 @@ def test_serve_agent_example_traffic_is_critiqued_and_trained_on(tmp_path):
     try:
         agent = subprocess.run(
             [sys.executable, str(root / "examples/serve_agent.py"), "--base-url",
-             f"{serve.url}/v1", "--destinations", "2", "--max-tokens", "32"],
+             f"{serve.url}/v1", "--destinations", "2", "--max-tokens", "64"],
             capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert agent.returncode == 0, agent.stderr
         assert agent.stdout.count("[assistant]") == 4
@@ -206,8 +206,11 @@ def test_serve_agent_example_traffic_is_critiqued_and_trained_on(tmp_path):
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     (cycle,) = Run(run).load_cycles()
-    assert cycle.prompts == 1 + 4 and cycle.trained and cycle.train_method == "sft"
     store = PreferenceStore(run)
+    usable = [e for e in TrafficLog(run).pending(set())
+              if not store.is_heldout(e.prompt_record().prompt)]  # held out: never trained on
+    assert usable and cycle.prompts == 1 + len(usable)
+    assert cycle.trained and cycle.train_method == "sft"
     sources = [*store.sft_dataset()["source"], *store.pairs_dataset()["source"]]
     traffic_rows = [s for s in sources if s == "traffic"]
     assert traffic_rows, "the served answers were harvested as training rows"

@@ -184,9 +184,9 @@ def test_the_next_cycle_takes_pending_exchanges_outside_the_heldout_split(tmp_pa
     assert json.loads(records[0].model_dump_json())["source"] == "traffic"
 
 
-async def test_a_served_answer_cut_at_its_token_cap_is_no_sft_example(tmp_path):
-    """A plain answer that hit max_tokens, critiqued by the next cycle and passing every check,
-    would teach stopping mid-sentence: harvest drops it (a revision of it is still kept)."""
+async def test_a_served_answer_cut_at_its_token_cap_is_revised_not_imitated(tmp_path):
+    """A plain answer that hit max_tokens passes a word limit by stopping mid-sentence: the
+    next cycle revises it like a failure, and it never becomes an SFT example itself."""
     from selfimprove.config import HarvestConfig
     from selfimprove.harvest import harvest
 
@@ -200,9 +200,27 @@ async def test_a_served_answer_cut_at_its_token_cap_is_no_sft_example(tmp_path):
         recorder.record(exchange(2).model_copy(update={"response": "whole answer"}))
     cut, whole = [e.prompt_record() for e in TrafficLog(run).pending(set())]
     assert cut.response_truncated and not whole.response_truncated
-    results = [await acritique(r, ctx) for r in (cut, whole)]
-    assert [r.rounds for r in results] == [[], []]  # both pass the checks: nothing to revise
-    out = harvest(results, HarvestConfig())
-    assert [row["messages"][-1]["content"] for row in out.sft] == ["whole answer"]
-    assert out.dropped == {"no_revision": 2, "truncated_sft": 1}
-    assert {r.source for r in results} == {"traffic"}
+    cut_result, whole_result = [await acritique(r, ctx) for r in (cut, whole)]
+    assert whole_result.rounds == []  # passes every check: nothing to revise
+    (rnd,) = cut_result.rounds
+    assert rnd.critique.failed_checks == ["ended"] and "cut off" in rnd.critique.text
+    assert cut_result.final_response == SHORT
+    out = harvest([cut_result, whole_result], HarvestConfig())
+    assert sorted(row["messages"][-1]["content"] for row in out.sft) == [SHORT, "whole answer"]
+    (pair,) = out.pairs
+    assert pair["rejected"][0]["content"] == "cut off" and pair["decided_by"] == "checks"
+    assert {cut_result.source, whole_result.source} == {"traffic"}
+
+
+async def test_a_served_answer_still_cut_after_revising_is_no_sft_example(tmp_path):
+    from selfimprove.config import HarvestConfig
+    from selfimprove.harvest import harvest
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(CONSTITUTION)
+    ctx = make_ctx(load_constitution(path), ScriptedBackend(responder(SHORT), prefer(SHORT)),
+                   critic="checks", max_rounds=0)  # no revision allowed
+    record = exchange(1, truncated=True).prompt_record()
+    result = await acritique(record, ctx)
+    assert result.rounds == [] and result.final_truncated
+    assert harvest([result], HarvestConfig()).dropped["truncated_sft"] == 1

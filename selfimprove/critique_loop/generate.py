@@ -42,6 +42,7 @@ async def generate(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> C
         ((first,),) = await ctx.roles.policy.generate([conv], ctx.roles.policy_sampling)
         given = first.text
         update["generated_tokens"] = first.num_tokens
+        update["response_truncated"] = first.finish_reason == "length"
     update["first_response"] = update["response"] = given
     if ctx.num_samples:
         params = ctx.roles.sample_sampling.model_copy(
