@@ -181,7 +181,10 @@ def test_serve_agent_example_traffic_is_critiqued_and_trained_on(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((root / "examples/configs/traffic-cpu.yaml").read_text())
-    cfg.update(batch_size=1, prompts={"path": "general", "traffic": 4})
+    cfg.update(batch_size=1, prompts={"path": "general", "traffic": 8})
+    # hhh's checks are soft: a served answer that ended on its own passes and is an SFT row;
+    # one cut at the token cap fails the "ended" check and is revised.
+    cfg["critique"]["constitution"] = "hhh"
     cfg["critique"]["roles"]["policy"]["sampling"]["max_new_tokens"] = 48
     cfg["critique"]["roles"]["reviser"]["sampling"]["max_new_tokens"] = 48
     cfg["schedule"] = {"min_new_pairs": 1, "methods": ["sft"]}
@@ -192,16 +195,22 @@ def test_serve_agent_example_traffic_is_critiqued_and_trained_on(tmp_path):
     run = tmp_path / "run"
     serve = start_selfimprove_serve(run, tmp_path, "--config", str(config),
                                     "--flush-seconds", "0.5")
+    short = ["What is the capital of Italy?", "What colour is a ripe banana?",
+             "How many legs does a spider have?", "What is the opposite of hot?"]
     try:
         agent = subprocess.run(
             [sys.executable, str(root / "examples/serve_agent.py"), "--base-url",
-             f"{serve.url}/v1", "--destinations", "2", "--max-tokens", "64"],
+             f"{serve.url}/v1", "--destinations", "1", "--max-tokens", "64"],
             capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert agent.returncode == 0, agent.stderr
-        assert agent.stdout.count("[assistant]") == 4
+        assert agent.stdout.count("[assistant]") == 2
+        api = openai.OpenAI(base_url=f"{serve.url}/v1", api_key="x", max_retries=0)
+        served = {q: api.chat.completions.create(
+            model="run", messages=[{"role": "user", "content": q}], max_tokens=64,
+        ).choices[0].message.content for q in short}
     finally:
         stop_process(serve.process)
-    assert TrafficLog(run).table().num_rows == 4
+    assert TrafficLog(run).table().num_rows == 6
     done = subprocess.run([sys.executable, "-m", "selfimprove", "run", "--resume", str(run)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -211,7 +220,17 @@ def test_serve_agent_example_traffic_is_critiqued_and_trained_on(tmp_path):
               if not store.is_heldout(e.prompt_record().prompt)]  # held out: never trained on
     assert usable and cycle.prompts == 1 + len(usable)
     assert cycle.trained and cycle.train_method == "sft"
-    sources = [*store.sft_dataset()["source"], *store.pairs_dataset()["source"]]
-    traffic_rows = [s for s in sources if s == "traffic"]
-    assert traffic_rows, "the served answers were harvested as training rows"
-    assert TrafficLog(run).pending(store.harvested_prompt_ids()) == []
+    rows = [r for r in store.sft_dataset() if r["source"] == "traffic"]
+    assert rows, f"no served answer was harvested: {cycle}"
+    recorded = {r["messages"][-2]["content"]: (r["messages"][-1]["content"], r["truncated"])
+                for r in TrafficLog(run).table().to_pylist()}
+    assert set(short) <= set(recorded) and set(served.values()) <= {
+        a for a, _ in recorded.values()}
+    for row in rows:  # a served conversation, answered as served or by a revision of it
+        answer, cut = recorded[row["messages"][-2]["content"]]
+        if cut:  # an answer cut at the token cap is revised, never imitated
+            assert row["messages"][-1]["content"] != answer
+        else:  # hhh's checks are soft: an answer that ended stands as it was served
+            assert row["messages"][-1]["content"] == answer
+    left = TrafficLog(run).pending(store.harvested_prompt_ids())
+    assert all(store.is_heldout(e.prompt_record().prompt) for e in left)  # the rest is done
