@@ -31,7 +31,11 @@ async def test_critique_loop_on_embedded_model(embedded_backend):
         assert {c.check_id for c in r.final_checks} >= {"max_80_words", "no_filler_phrases"}
         v = r.verdict
         assert v is not None and v.winner in {"a", "b", "tie"}
-        assert len(v.orders) == 2 and all(o.method == "logprob" for o in v.orders)
-        assert 0.0 <= v.p_b <= 1.0
+        if v.a_passes_checks != v.b_passes_checks:
+            # The checks decide (40 tokens often cut the first answer: it fails "ended").
+            assert v.decided_by == "checks" and v.winner == ("b" if v.b_passes_checks else "a")
+        else:
+            assert len(v.orders) == 2 and all(o.method == "logprob" for o in v.orders)
+            assert 0.0 <= v.p_b <= 1.0
     # three prompts, three stages of generation: batched, far fewer calls than requests
     assert embedded_backend.stats.generate_calls - calls_before < 3 * 3

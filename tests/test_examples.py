@@ -81,6 +81,8 @@ async def test_embed_subgraph_example_on_embedded_model(embedded_backend):
     concise = {p.id for p in ctx.constitution.principles}
     assert rnd.critique is not None and set(rnd.critique.principle_ids) <= concise
     assert rnd.critique.text.strip()
-    assert {c.check_id for c in rnd.checks} == {c.id for c in ctx.constitution.checks}
+    # every rule was checked; "ended" joins them when the first answer hit its token cap
+    rules = {c.id for c in ctx.constitution.checks}
+    assert rules <= {c.check_id for c in rnd.checks} <= rules | {"ended"}
     assert rnd.response == state["first_response"] and rnd.revision == state["response"]
     assert state["verdict"] is not None
