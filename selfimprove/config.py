@@ -87,6 +87,11 @@ class GateConfig(BaseModel):
     min_mean_words: float | None = Field(
         default=8.0, ge=0.0, description="the candidate's mean answer length, at least"
     )
+    require_improvement: bool = Field(
+        default=True, description="promote only on measured improvement: fewer held-out "
+        "violations than the incumbent, or a judge that is not near chance whose win-rate "
+        "interval lies above 0.5 (passing every guard alone is 'no worse', not 'better')",
+    )
     num_prompts: int = Field(default=32, ge=1, description="held-out prompts per evaluation")
     sampling: SamplingParams = Field(
         default_factory=lambda: SamplingParams(max_new_tokens=128, temperature=0.0),

@@ -221,6 +221,24 @@ def _failed_thresholds(
     return reasons, unchecked
 
 
+def improvement_reasons(cand: PolicyEval, inc: PolicyEval, ci: tuple[float, float],
+                        diagnostics: JudgeDiagnostics) -> list[str]:
+    """Why there is no evidence that ``cand`` is better (empty: there is): neither fewer
+    violations nor a judge, reliable enough to count, whose win-rate interval is above 0.5."""
+    if cand.violation_rate < inc.violation_rate - _EPS:
+        return []
+    if not diagnostics.near_chance and diagnostics.decisive and ci[0] > 0.5:
+        return []
+    if not diagnostics.judged:
+        judge = "no pair was left to the judge"
+    elif diagnostics.near_chance or not diagnostics.decisive:
+        judge = "the judge is near chance"
+    else:
+        judge = f"the judge's win-rate interval {ci[0]:.2f}-{ci[1]:.2f} is not above 0.5"
+    return [f"no measured improvement: violations {inc.violation_rate:.2f} -> "
+            f"{cand.violation_rate:.2f} and {judge}"]
+
+
 def degeneration_reasons(
     cand: PolicyEval, references: Sequence[PolicyEval | None], cfg: GateConfig
 ) -> list[str]:
@@ -323,11 +341,14 @@ async def gate(
         # Still a guard, but not evidence: say so wherever the result is read.
         unchecked.append(f"win rate carries little signal: {diagnostics.summary()}")
     rate = counts.win_rate
+    ci = wilson_interval(counts.wins + 0.5 * counts.ties, counts.decisive)
+    if cfg.require_improvement:
+        reasons += improvement_reasons(cand, inc, ci, diagnostics)
     result = GateResult(
         candidate=cand,
         incumbent=inc,
         win_rate=rate,
-        win_rate_ci=wilson_interval(counts.wins + 0.5 * counts.ties, counts.decisive),
+        win_rate_ci=ci,
         **counts.model_dump(),
         length_ratio=length_ratio(cand, inc),
         retention_increase=retention_increase(cand, inc),

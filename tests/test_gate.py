@@ -331,7 +331,11 @@ async def test_gate_rejects_worse_candidate(constitution):
     backend = NllGateBackend(answers, {"v0": 2.0, "v1": 2.0})
     result = await gate(backend, V1, V0, PROMPTS, constitution, GateConfig(min_mean_words=None))
     assert not result.passed
-    assert result.reasons == ["win rate 0.00 < 0.40"]
+    assert result.reasons == [
+        "win rate 0.00 < 0.40",
+        "no measured improvement: violations 0.00 -> 0.00 and the judge's win-rate interval "
+        "0.00-0.49 is not above 0.5",
+    ]
     assert (result.wins, result.losses) == (0, 4)
     low, high = result.win_rate_ci
     assert low == 0.0 and high == pytest.approx(0.4899, abs=1e-4)
@@ -367,6 +371,7 @@ async def test_gate_rejects_candidate_that_violates_checks(constitution):
     assert result.reasons == [
         "win rate 0.00 < 0.40",
         "violation rate 0.00 -> 1.00 (delta +1.00 > +0.00)",
+        "no measured improvement: violations 0.00 -> 1.00 and no pair was left to the judge",
     ]  # a length ratio of exactly 1.25 (5 words vs 4) is within the guard
     assert result.length_ratio == 1.25
     assert result.candidate.check_pass_rates == {"no_rude": 0.0}
@@ -379,8 +384,12 @@ async def test_gate_counts_flips_as_ties(constitution):
     backend = NllGateBackend(answers, {"v0": 2.0, "v1": 2.0}, prefer=None)
     result = await gate(backend, V1, V0, PROMPTS, constitution, GateConfig(min_mean_words=None))
     assert (result.wins, result.ties, result.losses) == (0, 4, 0)
-    assert result.win_rate == 0.5 and result.passed
-    assert result.judge.flip_rate == 1.0
+    assert result.win_rate == 0.5 and result.judge.flip_rate == 1.0
+    # Ties are no worse, and no evidence of better: not promoted, unless asked to be.
+    assert result.reasons == ["no measured improvement: violations 0.00 -> 0.00 and the "
+                              "judge is near chance"]
+    lenient = GateConfig(min_mean_words=None, require_improvement=False)
+    assert (await gate(backend, V1, V0, PROMPTS, constitution, lenient)).passed
 
 
 async def test_gate_judge_can_be_the_incumbent(constitution):
@@ -413,7 +422,8 @@ async def test_gate_with_separate_judge_backend_leaves_its_policy_alone(constitu
     judge_backend = GateBackend({}, prefer="plain")
     judge = PairwiseJudge(judge_backend, constitution.judge.pairwise)
     result = await gate(policy_backend, V1, V0, PROMPTS, constitution,
-                        GateConfig(min_mean_words=None), judge=judge)
+                        GateConfig(min_mean_words=None, require_improvement=False),
+                        judge=judge)
     assert result.reasons == ["win rate 0.00 < 0.40"]
     assert not any(kind == "logprobs" for kind, _ in policy_backend.calls)
     assert policy_backend.judged_with == []
@@ -450,7 +460,10 @@ async def test_gate_abstaining_judge_fails_the_win_rate(constitution):
     result = await gate(backend, V1, V0, PROMPTS, constitution, GateConfig(min_mean_words=None))
     assert result.abstains == 4 and result.win_rate is None
     assert result.win_rate_ci == (0.0, 1.0)
-    assert result.reasons == ["win rate unknown: all 4 judgments abstained"]
+    assert result.reasons == [
+        "win rate unknown: all 4 judgments abstained",
+        "no measured improvement: violations 0.00 -> 0.00 and the judge is near chance",
+    ]
     assert result.judge.abstain_rate == 1.0
 
 
@@ -691,3 +704,12 @@ async def test_gate_on_embedded_model(tmp_path):
     assert thresholds_passed(result.candidate, result.incumbent, counts, cfg) == (
         result.passed, result.reasons
     )
+
+
+async def test_fewer_violations_are_evidence_without_the_judge(constitution):
+    """A candidate that breaks fewer rules is better whatever a judge at chance says."""
+    answers = {"v0": "plain rude answer to {prompt}", "v1": "plain answer to {prompt}"}
+    backend = NllGateBackend(answers, {"v0": 2.0, "v1": 2.0}, prefer=None)
+    result = await gate(backend, V1, V0, PROMPTS, constitution, GateConfig(min_mean_words=None))
+    assert result.candidate.violation_rate == 0.0 < result.incumbent.violation_rate
+    assert result.passed and result.reasons == []
