@@ -233,20 +233,25 @@ def start_transformers_serve(
     with log_path.open("wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     serve = ServeProcess(f"http://{HOST}:{port}", model_dir, process, log_path)
+    return wait_healthy(serve, "transformers serve", timeout_s)
+
+
+def wait_healthy(serve: ServeProcess, name: str, timeout_s: float) -> ServeProcess:
+    """Wait until ``serve`` answers ``/health``; raise with its log's tail if it exits or
+    is not healthy in time (and stop it)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if serve.process.poll() is not None:
             raise RuntimeError(
-                f"transformers serve exited with {process.returncode}:\n{serve.log_tail()}"
-            )
+                f"{name} exited with {serve.process.returncode}:\n{serve.log_tail()}")
         try:
             if httpx.get(f"{serve.url}/health", timeout=2).status_code == 200:
                 return serve
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
-    stop_process(process)
-    raise RuntimeError(f"transformers serve not healthy after {timeout_s} s:\n{serve.log_tail()}")
+        time.sleep(0.3)
+    stop_process(serve.process)
+    raise RuntimeError(f"{name} not healthy after {timeout_s} s:\n{serve.log_tail()}")
 
 
 def stop_process(process: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -274,16 +279,4 @@ def start_selfimprove_serve(
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
                                    env={**os.environ, **(env or {})})
     serve = ServeProcess(f"http://{HOST}:{port}", str(run_dir), process, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"selfimprove serve exited with {process.returncode}:\n{serve.log_tail()}")
-        try:
-            if httpx.get(f"{serve.url}/health", timeout=2).status_code == 200:
-                return serve
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    stop_process(process)
-    raise RuntimeError(f"selfimprove serve not healthy after {timeout_s} s:\n{serve.log_tail()}")
+    return wait_healthy(serve, "selfimprove serve", timeout_s)
