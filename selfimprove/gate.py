@@ -163,11 +163,19 @@ def retention_increase(cand: PolicyEval, inc: PolicyEval) -> float | None:
 
 def thresholds_passed(
     cand: PolicyEval, inc: PolicyEval, counts: VerdictCounts, cfg: GateConfig,
-    baseline: PolicyEval | None = None,
+    baseline: PolicyEval | None = None, judge: JudgeDiagnostics | None = None,
 ) -> tuple[bool, list[str]]:
-    """Check every configured threshold; return (passed, reasons for each failure)."""
+    """Check every configured threshold; return (passed, reasons for each failure). With
+    ``judge`` (the verdicts' diagnostics) the improvement rule is checked too."""
     reasons, _ = _failed_thresholds(cand, inc, counts, cfg, baseline)
+    if judge is not None and cfg.require_improvement:
+        reasons += improvement_reasons(cand, inc, _interval(counts), judge)
     return not reasons, reasons
+
+
+def _interval(counts: VerdictCounts) -> tuple[float, float]:
+    """The win rate's 95% interval, ties counting half."""
+    return wilson_interval(counts.wins + 0.5 * counts.ties, counts.decisive)
 
 
 def _failed_thresholds(
@@ -341,7 +349,7 @@ async def gate(
         # Still a guard, but not evidence: say so wherever the result is read.
         unchecked.append(f"win rate carries little signal: {diagnostics.summary()}")
     rate = counts.win_rate
-    ci = wilson_interval(counts.wins + 0.5 * counts.ties, counts.decisive)
+    ci = _interval(counts)
     if cfg.require_improvement:
         reasons += improvement_reasons(cand, inc, ci, diagnostics)
     result = GateResult(

@@ -701,9 +701,8 @@ async def test_gate_on_embedded_model(tmp_path):
     # the recorded decision is the one the thresholds give on the recorded measurements
     counts = VerdictCounts(wins=result.wins, ties=result.ties, losses=result.losses,
                            abstains=result.abstains)
-    assert thresholds_passed(result.candidate, result.incumbent, counts, cfg) == (
-        result.passed, result.reasons
-    )
+    assert thresholds_passed(result.candidate, result.incumbent, counts, cfg,
+                             judge=result.judge) == (result.passed, result.reasons)
 
 
 async def test_fewer_violations_are_evidence_without_the_judge(constitution):
