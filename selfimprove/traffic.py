@@ -161,6 +161,8 @@ class TrafficRecorder:
         self._segment_lock: FileLock | None = None
         self._file: Any = None
         self._closed = threading.Event()
+        # Exchange ids already stored, read once: a move would otherwise re-read every shard.
+        self._known = self.log.exchange_ids()
         self.flush()  # what a killed recorder left behind
         self._thread = threading.Thread(target=self._flush_loop, name="traffic-recorder",
                                         daemon=True)
@@ -236,8 +238,7 @@ class TrafficRecorder:
         import pyarrow.parquet as pq
 
         exchanges = _read_journal(path)
-        known = self.log.exchange_ids()
-        new = list({e.id: e for e in exchanges if e.id not in known}.values())
+        new = list({e.id: e for e in exchanges if e.id not in self._known}.values())
         segment = path.stem
         critiqued = [e.critique for e in new if e.critique is not None]
         if critiqued:
@@ -256,6 +257,7 @@ class TrafficRecorder:
             atomic_write(self.log.dir / f"{segment}.parquet",
                          lambda f: pq.write_table(table, f),
                          tmp_name=f".tmp-{uuid.uuid4().hex}.partial")
+            self._known.update(e.id for e in new)
         path.unlink()
         return len(new)
 
