@@ -38,7 +38,8 @@ from selfimprove.types import CritiqueResult, Message
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["Exchange", "TrafficLog", "TrafficRecorder", "traffic_prompt_id"]
+__all__ = ["Exchange", "JournalMover", "TrafficLog", "TrafficRecorder", "move_journal",
+           "traffic_prompt_id"]
 
 log = logging.getLogger(__name__)
 
@@ -130,113 +131,66 @@ class TrafficLog:
         return out
 
 
-class TrafficRecorder:
-    """Records exchanges into ``run_dir``'s store.
+class JournalMover:
+    """Moves finished journal segments of a run into its store (see the module's docstring).
 
-    :meth:`arecord` (or :meth:`record`) returns once the exchange is durable in the journal
-    (one appended, fsynced line, in a worker thread for :meth:`arecord`); moving it into the
-    store happens every ``flush_seconds`` in a background thread, and at :meth:`close`.
+    A segment another process still writes is left alone (its writer holds the segment's file
+    lock). Anything that reads traffic moves first (:func:`move_journal`), so what a killed
+    server journaled is never stranded when no recorder runs any more.
     """
 
-    def __init__(
-        self,
-        run_dir: str | Path,
-        harvest: HarvestConfig | None = None,
-        *,
-        flush_seconds: float = 10.0,
-    ) -> None:
-        self.run_dir = Path(run_dir)
-        self.log = TrafficLog(self.run_dir)
+    def __init__(self, run_dir: str | Path, harvest: HarvestConfig | None = None) -> None:
+        self.log = TrafficLog(run_dir)
         self.harvest_cfg = harvest or HarvestConfig()
-        self.flush_seconds = flush_seconds
-        self.store = PreferenceStore(self.run_dir)
-        self.log.journal_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in self.log.dir.glob(".tmp-*"):
-            # A shard write cut by a crash (a live mover's temp file is seconds old).
-            if time.time() - tmp.stat().st_mtime > 60:
-                tmp.unlink(missing_ok=True)
-        self._lock = threading.Lock()  # the open segment: one writer line at a time
-        self._flush_lock = threading.Lock()
-        self._segment: Path | None = None
-        self._segment_lock: FileLock | None = None
-        self._file: Any = None
-        self._closed = threading.Event()
-        # Exchange ids already stored, read once: a move would otherwise re-read every shard.
-        self._known = self.log.exchange_ids()
-        self.flush()  # what a killed recorder left behind
-        self._thread = threading.Thread(target=self._flush_loop, name="traffic-recorder",
-                                        daemon=True)
-        self._thread.start()
+        self.store = PreferenceStore(run_dir)
+        self._lock = threading.Lock()
+        self._known: set[str] | None = None  # stored exchange ids, read once
 
-    # -- recording (the hot path) --------------------------------------------------------
-
-    def record(self, exchange: Exchange) -> None:
-        """Append ``exchange`` to the journal; durable when this returns."""
-        line = (exchange.model_dump_json() + "\n").encode("utf-8")
-        with self._lock:
-            if self._closed.is_set():
-                raise RuntimeError("the traffic recorder is closed")
-            if self._file is None:
-                self._open_segment()
-            self._file.write(line)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
-    async def arecord(self, exchange: Exchange) -> None:
-        """:meth:`record` in a worker thread, so the event loop keeps serving."""
-        await asyncio.to_thread(self.record, exchange)
-
-    async def arecord_critique(self, result: CritiqueResult) -> None:
-        await self.arecord(Exchange.from_critique(result))
-
-    def _open_segment(self) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        self._segment = self.log.journal_dir / f"{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
-        self._segment_lock = FileLock(str(self._segment) + ".lock")
-        self._segment_lock.acquire()  # other processes leave a segment being written alone
-        self._file = open(self._segment, "ab")  # noqa: SIM115 - kept open across calls
-
-    def _rotate(self) -> None:
-        """Close the open segment, so the flusher may move it."""
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                assert self._segment_lock is not None
-                self._segment_lock.release()
-                self._file = self._segment = self._segment_lock = None
-
-    # -- moving into the store (off the hot path) ----------------------------------------
-
-    def _flush_loop(self) -> None:
-        while not self._closed.wait(self.flush_seconds):
-            try:
-                self.flush()
-            except Exception:  # a failed move is retried next time; the journal keeps it
-                log.exception("moving recorded traffic into the store failed; will retry")
-
-    def flush(self) -> int:
-        """Move every finished journal segment into the store now; the number of exchanges
-        newly stored."""
-        self._rotate()
+    def move(self, skip: Path | None = None) -> int:
+        """Move every finished segment (all but ``skip``, the caller's open one); the number
+        of exchanges newly stored."""
+        if not self.log.journal_dir.is_dir():
+            return 0
         moved = 0
-        with self._flush_lock:
+        with self._lock:
+            self._remove_stale_temp_files()
             for path in sorted(self.log.journal_dir.glob("*.jsonl")):
-                lock = FileLock(str(path) + ".lock")
+                if path == skip:
+                    continue
+                lock = segment_lock(path)
                 try:
                     lock.acquire(timeout=0)
                 except Timeout:
                     continue  # another process is still writing it
                 try:
-                    moved += self._move(path)
+                    if path.exists():  # another mover may have finished it meanwhile
+                        moved += self._move(path)
                 finally:
                     lock.release()
                 Path(str(path) + ".lock").unlink(missing_ok=True)
+            self._remove_orphan_locks()
         return moved
+
+    def _remove_stale_temp_files(self) -> None:
+        for tmp in self.log.dir.glob(".tmp-*"):
+            # A shard write cut by a crash (a live mover's temp file is seconds old).
+            if time.time() - tmp.stat().st_mtime > 60:
+                tmp.unlink(missing_ok=True)
+
+    def _remove_orphan_locks(self) -> None:
+        """Lock files left by a writer killed between taking the lock and opening its segment
+        (an old one only: a live writer opens its segment right after locking it)."""
+        for lock_path in self.log.journal_dir.glob("*.jsonl.lock"):
+            segment = Path(str(lock_path).removesuffix(".lock"))
+            if not segment.exists() and time.time() - lock_path.stat().st_mtime > 60:
+                lock_path.unlink(missing_ok=True)
 
     def _move(self, path: Path) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if self._known is None:
+            self._known = self.log.exchange_ids()
         exchanges = _read_journal(path)
         new = list({e.id: e for e in exchanges if e.id not in self._known}.values())
         segment = path.stem
@@ -273,6 +227,106 @@ class TrafficRecorder:
         # The shard id is the segment's: a move re-run after a crash writes nothing twice.
         self.store.append(out.pairs, out.sft, f"traffic-{segment}", dropped=dropped,
                           prompt_ids=[r.prompt_id for r in traffic])
+
+
+def move_journal(run_dir: str | Path, harvest: HarvestConfig | None = None) -> int:
+    """Move what recorders left in ``run_dir``'s journal into its store (a killed server's
+    segments, say); segments still being written are left alone. The number moved."""
+    return JournalMover(run_dir, harvest).move()
+
+
+def segment_lock(path: Path) -> FileLock:
+    """The lock a journal segment's writer holds while it writes.
+
+    Not thread-local: the segment is opened by whichever worker thread records first and
+    closed by the flushing thread, and a thread-local lock would stay held after that close.
+    """
+    return FileLock(str(path) + ".lock", thread_local=False)
+
+
+class TrafficRecorder:
+    """Records exchanges into ``run_dir``'s store.
+
+    :meth:`arecord` (or :meth:`record`) returns once the exchange is durable in the journal
+    (one appended, fsynced line, in a worker thread for :meth:`arecord`); moving it into the
+    store happens every ``flush_seconds`` in a background thread, and at :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        harvest: HarvestConfig | None = None,
+        *,
+        flush_seconds: float = 10.0,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.log = TrafficLog(self.run_dir)
+        self.flush_seconds = flush_seconds
+        self.mover = JournalMover(self.run_dir, harvest)
+        self.log.journal_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # the open segment: one writer line at a time
+        self._segment: Path | None = None
+        self._segment_lock: FileLock | None = None
+        self._file: Any = None
+        self._closed = threading.Event()
+        self.flush()  # what a killed recorder left behind
+        self._thread = threading.Thread(target=self._flush_loop, name="traffic-recorder",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- recording (the hot path) --------------------------------------------------------
+
+    def record(self, exchange: Exchange) -> None:
+        """Append ``exchange`` to the journal; durable when this returns."""
+        line = (exchange.model_dump_json() + "\n").encode("utf-8")
+        with self._lock:
+            if self._closed.is_set():
+                raise RuntimeError("the traffic recorder is closed")
+            if self._file is None:
+                self._open_segment()
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    async def arecord(self, exchange: Exchange) -> None:
+        """:meth:`record` in a worker thread, so the event loop keeps serving."""
+        await asyncio.to_thread(self.record, exchange)
+
+    async def arecord_critique(self, result: CritiqueResult) -> None:
+        await self.arecord(Exchange.from_critique(result))
+
+    def _open_segment(self) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        self._segment = self.log.journal_dir / f"{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._segment_lock = segment_lock(self._segment)
+        self._segment_lock.acquire()  # other processes leave a segment being written alone
+        self._file = open(self._segment, "ab")  # noqa: SIM115 - kept open across calls
+
+    def _rotate(self) -> None:
+        """Close the open segment, so the flusher may move it."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                assert self._segment_lock is not None
+                self._segment_lock.release()
+                self._file = self._segment = self._segment_lock = None
+
+    # -- moving into the store (off the hot path) ----------------------------------------
+
+    def _flush_loop(self) -> None:
+        while not self._closed.wait(self.flush_seconds):
+            try:
+                self.flush()
+            except Exception:  # a failed move is retried next time; the journal keeps it
+                log.exception("moving recorded traffic into the store failed; will retry")
+
+    def flush(self) -> int:
+        """Move every finished journal segment into the store now; the number of exchanges
+        newly stored."""
+        self._rotate()
+        with self._lock:
+            open_segment = self._segment  # opened since the rotation: still being written
+        return self.mover.move(skip=open_segment)
 
     def close(self) -> None:
         """Stop the background thread and move everything recorded into the store."""

@@ -9,17 +9,26 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from filelock import Timeout
 
 from selfimprove.backends.scripted import ScriptedBackend
+from selfimprove.config import RunConfig
 from selfimprove.constitution import load_constitution
 from selfimprove.critique_loop import acritique
 from selfimprove.improvement_cycle.sample import pending_traffic
 from selfimprove.store import PreferenceStore
-from selfimprove.traffic import Exchange, TrafficLog, TrafficRecorder, traffic_prompt_id
+from selfimprove.traffic import (
+    Exchange,
+    TrafficLog,
+    TrafficRecorder,
+    segment_lock,
+    traffic_prompt_id,
+)
 from selfimprove.types import Message
 from tests.test_critique_graph import CONSTITUTION, LONG, SHORT, make_ctx, prefer, responder
 
@@ -163,13 +172,63 @@ def test_every_acknowledged_exchange_is_stored_exactly_once_after_sigkill(tmp_pa
     assert list(TrafficLog(run).journal_dir.glob("*.jsonl")) == []
 
 
+def cycle_ctx(run: Path, store: PreferenceStore) -> SimpleNamespace:
+    return SimpleNamespace(run=SimpleNamespace(path=run), store=store, cfg=RunConfig())
+
+
+def test_what_a_killed_recorder_journaled_reaches_the_next_cycle(tmp_path):
+    """No recorder runs after the kill: the cycle itself moves the journal, and leaves a
+    segment another recorder is still writing alone."""
+    run = tmp_path / "run"
+    store = PreferenceStore(run, heldout_fraction=0.0)
+    journal = TrafficLog(run).journal_dir
+    journal.mkdir(parents=True)
+    (journal / "20260101T000000000000-dead0000.jsonl").write_text(
+        "".join(exchange(i).model_dump_json() + "\n" for i in range(3)))
+    (journal / "20260101T000000000000-dead0000.jsonl.lock").touch()  # the dead writer's lock
+    live = TrafficRecorder(run, flush_seconds=3600)
+    try:
+        live.record(exchange(99))  # its open segment is locked by this live recorder
+        assert TrafficLog(run).table().num_rows == 3  # the live recorder moved the dead one's
+        (journal / "20260101T000000000001-dead0001.jsonl").write_text(
+            exchange(4).model_dump_json() + "\n")
+        records = pending_traffic(cycle_ctx(run, store), limit=10)
+        assert sorted(r.prompt for r in records) == sorted(
+            f"question number {i}?" for i in (0, 1, 2, 4))
+        (still_open,) = journal.glob("*.jsonl")  # the live recorder's, not moved under it
+        assert "question number 99?" in still_open.read_text()
+    finally:
+        live.close()
+    assert len(TrafficLog(run).table()) == 5 and list(journal.glob("*.jsonl")) == []
+
+
+def test_a_segment_opened_in_a_worker_thread_is_released_by_the_flusher(tmp_path):
+    """Agents record from worker threads; the background thread closes their segment, and
+    another process must then be free to take its lock."""
+    run = tmp_path / "run"
+    recorder = TrafficRecorder(run, flush_seconds=3600)
+    try:
+        with ThreadPoolExecutor(1) as pool:  # the recording thread stays alive throughout
+            pool.submit(recorder.record, exchange(1)).result()
+            (segment,) = TrafficLog(run).journal_dir.glob("*.jsonl")
+            with pytest.raises(Timeout):
+                segment_lock(segment).acquire(timeout=0)  # held while it is being written
+            recorder._rotate()
+            probe = segment_lock(segment)
+            probe.acquire(timeout=0)  # free once closed, whichever thread closed it
+            probe.release()
+            assert recorder.flush() == 1
+    finally:
+        recorder.close()
+
+
 def test_the_next_cycle_takes_pending_exchanges_outside_the_heldout_split(tmp_path):
     run = tmp_path / "run"
     store = PreferenceStore(run, heldout_fraction=0.5, salt="fixed")
     with TrafficRecorder(run, flush_seconds=3600) as recorder:
         for i in range(20):
             recorder.record(exchange(i))
-    ctx = SimpleNamespace(run=SimpleNamespace(path=run), store=store)
+    ctx = cycle_ctx(run, store)
     records = pending_traffic(ctx, limit=4)
     assert len(records) == 4
     assert all(r.source == "traffic" and r.response and r.id.startswith("traffic-")

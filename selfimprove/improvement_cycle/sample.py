@@ -50,9 +50,11 @@ async def self_generated(ctx: CycleContext, cycle: int, known: set[str]) -> list
 
 def pending_traffic(ctx: CycleContext, limit: int) -> list[PromptRecord]:
     """Up to ``limit`` recorded exchanges no critique has covered, outside the held-out split
-    (the store refuses those for training), oldest first."""
-    from selfimprove.traffic import TrafficLog
+    (the store refuses those for training), oldest first. What a server left in the journal
+    (killed, or still running) is moved into the store first."""
+    from selfimprove.traffic import TrafficLog, move_journal
 
+    move_journal(ctx.run.path, ctx.cfg.harvest)
     out = []
     for exchange in TrafficLog(ctx.run.path).pending(ctx.store.harvested_prompt_ids()):
         record = exchange.prompt_record()

@@ -17,7 +17,7 @@ from selfimprove.critique_loop.state import CritiqueContext
 from selfimprove.errors import PolicyError, SelfImproveError
 from selfimprove.registry import PolicyRegistry
 from selfimprove.rundir import RunDir
-from selfimprove.traffic import TrafficRecorder
+from selfimprove.traffic import TrafficRecorder, move_journal
 
 __all__ = ["RunService"]
 
@@ -48,6 +48,8 @@ class RunService:
         if self.serve.record:
             self.recorder = TrafficRecorder(self.run.path, self.cfg.harvest,
                                             flush_seconds=self.serve.flush_seconds)
+        else:  # what an earlier, recording server left in the journal (killed, say)
+            move_journal(self.run.path, self.cfg.harvest)
         self.context()
 
     def context(self) -> CritiqueContext:
