@@ -168,6 +168,12 @@ class CritiqueConfig(Strict):
         description="score the best-of-N samples with the pointwise rubric judge; off: the "
         "checks alone rank them (rejection sampling), for verifiable prompts or a weak judge",
     )
+    sample_with_examples: bool = Field(
+        default=True,
+        description="draw the extra samples with the constitution's examples as earlier turns "
+        "(context distillation: what is kept trains on the bare prompt); no effect without "
+        "examples or samples",
+    )
     revision_samples: int = Field(
         default=1, ge=1,
         description="revisions sampled per critique (sampler temperature); the first that "

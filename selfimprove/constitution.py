@@ -32,6 +32,7 @@ __all__ = [
     "ENV_VAR",
     "Constitution",
     "ConstitutionFile",
+    "Example",
     "Judge",
     "JudgeFile",
     "Principle",
@@ -68,6 +69,19 @@ class Principle(BaseModel):
     )
 
 
+class Example(BaseModel):
+    """A demonstration: a prompt and a response that follows the constitution (and the
+    prompt's own ``checks``, in the vocabulary of prompt files). Shown to the policy as earlier
+    turns when it draws its extra samples; what it then answers trains on the bare prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompt: Text
+    response: Text
+    checks: list[Check] = Field(
+        default_factory=list, description="the prompt's own checks; the response must pass them"
+    )
+
+
 class RubricItem(BaseModel):
     """One additive item of a pointwise rubric: ``points`` awarded when ``criterion`` holds."""
 
@@ -78,6 +92,8 @@ class RubricItem(BaseModel):
 
 Rubric = Annotated[list[RubricItem], Field(min_length=1)]
 _PAIRWISE_DOC = "instruction for choosing the better of two responses"
+_EXAMPLES_DOC = ("demonstrations shown to the policy ahead of the prompt when it draws extra "
+                 "samples (critique.num_samples); each response must pass the hard checks")
 _POINTWISE_DOC = "additive rubric items; only best-of-N sampling (num_samples > 0) scores with it"
 
 
@@ -128,6 +144,9 @@ class ConstitutionFile(BaseModel):
     principles: list[Principle] | None = None
     checks: list[Check] = Field(default_factory=list)
     judge: JudgeFile | None = None
+    examples: list[Example] | None = Field(
+        default=None, description=_EXAMPLES_DOC + "; with `extends`, set replaces the parent's"
+    )
 
     _check_version = field_validator("version", mode="before")(_version)
 
@@ -142,6 +161,7 @@ class Constitution(BaseModel):
     principles: list[Principle] = Field(min_length=1)
     checks: list[Check] = Field(default_factory=list)
     judge: Judge
+    examples: list[Example] = Field(default_factory=list, description=_EXAMPLES_DOC)
     source: Path | None = Field(default=None, exclude=True, description="the file it came from")
 
     _check_version = field_validator("version", mode="before")(_version)
@@ -156,11 +176,19 @@ class Constitution(BaseModel):
                 seen.add(item.id)
         return self
 
+    def content(self) -> dict[str, Any]:
+        """The resolved content as JSON data (no ``examples`` key when there are none, so a
+        constitution written before examples existed keeps its hash)."""
+        data = self.model_dump(mode="json")
+        if not data["examples"]:
+            del data["examples"]
+        return data
+
     @property
     def content_hash(self) -> str:
         """First 16 hex chars of the sha256 of the canonical JSON of the resolved content."""
         canonical = json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            self.content(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
@@ -291,9 +319,28 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> Constitution:
         parent = _resolve_parent(path, node, raw.extends, chain)
     fields = _merge(raw, parent)
     try:
-        return Constitution(**fields, source=path)
+        constitution = Constitution(**fields, source=path)
     except ValueError as exc:  # cannot happen for ids checked above; kept as a typed error
         raise ConfigError(path, str(exc)) from None
+    if raw.examples is not None:  # inherited examples were checked in their own file
+        _check_examples(path, node, constitution)
+    return constitution
+
+
+def _check_examples(path: Path, node: Any, constitution: Constitution) -> None:
+    """A demonstration that breaks a hard check would teach the policy to break it."""
+    from selfimprove.checks import run_checks
+
+    for i, example in enumerate(constitution.examples):
+        results = run_checks([*constitution.checks, *example.checks], example.response)
+        failed = [r.check_id for r in results if r.hard and not r.passed]
+        if failed:
+            raise ConfigError(
+                path,
+                "the example's response fails its hard checks: " + ", ".join(failed),
+                line=line_of(node, ("examples", i, "response")),
+                field=f"examples[{i}].response",
+            )
 
 
 def _require(path: Path, node: Any, raw: ConstitutionFile, field: str, message: str) -> None:
@@ -369,6 +416,7 @@ def _merge(raw: ConstitutionFile, parent: Constitution | None) -> dict[str, Any]
         "principles": raw.principles or [],
         "checks": raw.checks,
         "judge": _merge_judge(raw.judge, None if parent is None else parent.judge),
+        "examples": raw.examples or [],
     }
     if parent is None:
         return own
@@ -378,6 +426,7 @@ def _merge(raw: ConstitutionFile, parent: Constitution | None) -> dict[str, Any]
         "description": raw.description if "description" in set_fields else parent.description,
         "principles": _merge_by_id(parent.principles, own["principles"]),
         "checks": _merge_by_id(parent.checks, raw.checks),
+        "examples": parent.examples if raw.examples is None else raw.examples,
     }
 
 
@@ -398,7 +447,7 @@ _LiteralDumper.add_representer(str, _str_representer)
 
 def constitution_to_yaml(constitution: Constitution) -> str:
     """The resolved constitution as YAML (no ``extends``); loading it gives the same hash."""
-    data = constitution.model_dump(mode="json")
+    data = constitution.content()
     if data["judge"]["pointwise"] is None:  # absent reads better than `pointwise: null`
         del data["judge"]["pointwise"]
     # id and kind first, as people write them; an absent description is left out.

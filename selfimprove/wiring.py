@@ -61,6 +61,7 @@ def critique_context(cfg: CritiqueConfig, constitution: Constitution, roles: Rol
         critic=cfg.critic,
         num_samples=cfg.num_samples,
         score_samples=cfg.score_samples,
+        sample_with_examples=cfg.sample_with_examples,
         revision_samples=cfg.revision_samples,
         judge_logprobs=cfg.judge_logprobs,
         judge_when_checks_decide=cfg.judge_when_checks_decide,

@@ -315,6 +315,13 @@ MALFORMED_CASES: dict[str, tuple[str | None, int, str | None, str]] = {
     "missing_judge.yaml": (None, 2, "judge", "missing: a judge rubric is required"),
     "empty_pairwise.yaml": (None, 7, "judge.pairwise", "at least 1 character"),
     "pointwise_points_zero.yaml": (None, 11, "judge.pointwise[1].points", "greater than 0"),
+    "example_breaks_a_check.yaml": (
+        None, 12, "examples[1].response", "the example's response fails its hard checks: short"
+    ),
+    "example_breaks_its_own_check.yaml": (
+        None, 9, "examples[0].response", "fails its hard checks: lowercase"
+    ),
+    "example_missing_response.yaml": (None, 7, "examples[0].response", "Field required"),
     "extends_missing.yaml": (None, 4, "extends", "parent constitution 'no-such-parent' not found"),
     "extends_self.yaml": (None, 4, "extends", "extends cycle: extends_self.yaml -> extends_self"),
     "extends_cycle_a.yaml": (
@@ -418,6 +425,33 @@ def test_content_hash_is_canonical(tmp_path: Path) -> None:
     h1, h2, h3 = (load_constitution(p).content_hash for p in (one, two, three))
     assert h1 == h2 != h3
     assert all(len(h) == 16 and int(h, 16) >= 0 for h in (h1, h3))
+
+
+def test_examples_are_inherited_or_replaced_and_hash_only_when_present(tmp_path: Path) -> None:
+    base = """
+        name: parent
+        version: 1
+        principles:
+          - {id: p, critique: c, revision: r}
+        examples:
+          - {prompt: Say hi in lowercase., response: hi there., checks: [{kind: lowercase}]}
+        """ + JUDGE
+    parent = write(tmp_path / "parent.yaml", base)
+    inherit = write(tmp_path / "inherit.yaml", "name: child\nversion: 1\nextends: parent\n")
+    replace = write(tmp_path / "replace.yaml", "name: child\nversion: 1\nextends: parent\n"
+                    "examples: [{prompt: Count to two., response: 'One, two.'}]\n")
+    drop = write(tmp_path / "drop.yaml", "name: child\nversion: 1\nextends: parent\n"
+                 "examples: []\n")
+    assert [e.response for e in load_constitution(parent).examples] == ["hi there."]
+    assert load_constitution(inherit).examples == load_constitution(parent).examples
+    assert [e.prompt for e in load_constitution(replace).examples] == ["Count to two."]
+    assert load_constitution(drop).examples == []
+    # No examples: no key in the content, so hashes of constitutions without them are unchanged.
+    plain = write(tmp_path / "plain.yaml", base.split("examples:")[0] + JUDGE)
+    explicit = write(tmp_path / "explicit.yaml", plain.read_text() + "examples: []\n")
+    assert "examples" not in load_constitution(plain).content()
+    assert load_constitution(plain).content_hash == load_constitution(explicit).content_hash
+    assert load_constitution(parent).content_hash != load_constitution(plain).content_hash
 
 
 @pytest.mark.parametrize("name", SHIPPED_NAMES)

@@ -11,6 +11,7 @@ from selfimprove.backends.scripted import ScriptedBackend
 from selfimprove.constitution import load_constitution
 from selfimprove.critique_loop import CritiqueContext, Roles, build_critique_graph, critique_many
 from selfimprove.critique_loop.graph import to_result
+from selfimprove.errors import PromptTooLongError
 from selfimprove.types import Completion, SamplingParams
 
 CONSTITUTION = """
@@ -235,6 +236,57 @@ async def test_unscored_samples_are_ranked_by_checks_and_cut_samples_are_dropped
     assert state["sample_scores"] == [None, None]
     assert state["sample_checks_passed"] == [True, True]
     assert backend.pointwise_calls == 0  # the rubric judge was never asked
+
+
+async def test_samples_are_drawn_with_the_constitutions_examples_first(tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text(CONSTITUTION + """examples:
+  - {prompt: Say hi., response: Hi there.}
+  - {prompt: Name a colour., response: Blue.}
+""")
+    constitution = load_constitution(path)
+    seen: list[tuple[float, list[tuple[str, str]]]] = []
+
+    def respond(conv, params):
+        seen.append((params.temperature, [(m.role, m.content) for m in conv]))
+        return SHORT
+
+    graph = build_critique_graph()
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]
+    for with_examples in (True, False):
+        seen.clear()
+        ctx = make_ctx(constitution, ScriptedBackend(respond, prefer(SHORT)), num_samples=2,
+                       score_samples=False, sample_with_examples=with_examples,
+                       critic="checks", max_rounds=1)
+        state = await graph.ainvoke({"messages": messages}, context=ctx)
+        (first,) = [conv for temperature, conv in seen if temperature == 0]
+        samples = [conv for temperature, conv in seen if temperature > 0]
+        assert len(samples) == 2 and samples[0] == samples[1]
+        samples = samples[:1]
+        bare = [("system", "Be brief."), ("user", "Why?")]
+        assert first == bare  # the first answer is what the policy does on its own
+        assert samples == [[("system", "Be brief."), ("user", "Say hi."),
+                            ("assistant", "Hi there."), ("user", "Name a colour."),
+                            ("assistant", "Blue."), ("user", "Why?")]] if with_examples else [bare]
+        # what is kept is stored against the bare conversation, not the demonstrations
+        assert state["conversation"] == [{"role": r, "content": c} for r, c in bare]
+        assert state["samples"] == [SHORT, SHORT]
+
+
+async def test_demonstrations_that_do_not_fit_the_context_are_left_out(constitution, tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text(CONSTITUTION + "examples: [{prompt: Say hi., response: Hi.}]\n")
+
+    class ShortContext(ScriptedBackend):
+        async def generate(self, conversations, params):
+            if any(len(conv) > 1 for conv in conversations):
+                raise PromptTooLongError("the prompt is 3000 tokens; the model takes 2048")
+            return await super().generate(conversations, params)
+
+    ctx = make_ctx(load_constitution(path), ShortContext(responder(SHORT), prefer(SHORT)),
+                   num_samples=2, score_samples=False, max_rounds=1)
+    _, state = await run_steps(ctx)
+    assert state["samples"] == [LONG, LONG]
 
 
 async def test_checks_as_critic_name_the_failed_rules_without_a_critic_call(constitution):

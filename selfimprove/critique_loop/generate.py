@@ -1,16 +1,23 @@
 """generate: the policy's first response (and, for best-of-N, extra samples).
 
 Given a conversation, the response answers its last user turn; given a response (an agent's
-answer), that response is the first one and the policy is not asked for another.
+answer), that response is the first one and the policy is not asked for another. Extra samples
+are drawn with the constitution's examples (if any) as earlier turns: demonstrations raise how
+often a small policy follows a prompt's instructions, and what is kept is stored against the
+bare conversation, so training distils the demonstrations' effect into the policy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from langgraph.runtime import Runtime
 
+from selfimprove.constitution import Example
 from selfimprove.conversation import ConversationError, as_messages, split_answer, transcript
 from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
 from selfimprove.critique_loop.text import prompt_seed
+from selfimprove.errors import PromptTooLongError
 from selfimprove.hashing import prompt_id
 from selfimprove.types import Message
 
@@ -24,6 +31,18 @@ def conversation_of(state: CritiqueState) -> tuple[list[Message], str | None]:
     if not state.get("prompt"):
         raise ConversationError("the critique graph needs a 'prompt' or 'messages'")
     return [Message(role="user", content=state["prompt"])], given
+
+
+def with_examples(conv: list[Message], examples: Sequence[Example]) -> list[Message]:
+    """``conv`` with the demonstrations as earlier turns, after any leading system messages."""
+    if not examples:
+        return conv
+    head = 0
+    while head < len(conv) and conv[head].role == "system":
+        head += 1
+    demos = [Message(role=role, content=text) for e in examples
+             for role, text in (("user", e.prompt), ("assistant", e.response))]
+    return [*conv[:head], *demos, *conv[head:]]
 
 
 async def generate(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> CritiqueState:
@@ -48,7 +67,14 @@ async def generate(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> C
         params = ctx.roles.sample_sampling.model_copy(
             update={"n": ctx.num_samples, "seed": prompt_seed(ctx.seed, pid)}
         )
-        (samples,) = await ctx.roles.policy.generate([conv], params)
+        shown = with_examples(conv, ctx.constitution.examples) if ctx.sample_with_examples else conv
+        try:
+            (samples,) = await ctx.roles.policy.generate([shown], params)
+        except PromptTooLongError:
+            if shown is conv:
+                raise
+            # The demonstrations do not fit next to this conversation: sample without them.
+            (samples,) = await ctx.roles.policy.generate([conv], params)
         # Only samples that ended on their own: one cut off by the token budget is no answer
         # to prefer, and its passing a length check would say more about the budget.
         update["samples"] = [s.text for s in samples if s.finish_reason != "length"]

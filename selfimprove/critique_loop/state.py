@@ -77,6 +77,7 @@ class CritiqueContext:
     critic: str = "model"  # "checks": the failed rules are the critique; passing answers stand
     num_samples: int = 0  # extra sampled responses (best-of-N harvesting)
     score_samples: bool = True  # the pointwise judge scores them; else the checks alone rank
+    sample_with_examples: bool = True  # the constitution's examples precede the sampled prompt
     revision_samples: int = 1  # revisions sampled per critique; the checks pick one
     judge_logprobs: bool = True
     judge_when_checks_decide: bool = False  # ask the judge even when the checks decide
