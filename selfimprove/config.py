@@ -246,6 +246,29 @@ class Schedule(Strict):
     methods: list[Literal["dpo", "sft"]] = Field(default_factory=lambda: ["dpo"], min_length=1)
 
 
+class LaunchConfig(Strict):
+    """Run each training step in processes of its own through ``accelerate launch`` (several
+    GPUs, or CPU processes): ``python -m selfimprove.training`` commits the candidate to the
+    run's registry exactly as the in-process step does."""
+
+    num_processes: int = Field(default=1, ge=1, description="processes (one per GPU)")
+    config_file: Path | None = Field(
+        default=None, description="an accelerate config (e.g. examples/accelerate/ddp.yaml); "
+        "a relative path is read from the directory `selfimprove run` starts in",
+    )
+    cpu: bool = Field(default=False, description="train on CPUs (gloo), even where GPUs exist")
+    extra_args: list[str] = Field(default_factory=list,
+                                  description="more `accelerate launch` flags, as given")
+    timeout_s: float = Field(default=6 * 3600, gt=0, description="a training step's limit")
+
+    @field_validator("config_file")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"accelerate config {str(value)!r} not found")
+        return None if value is None else value.resolve()
+
+
 class ControlConfig(Strict):
     """The control arm: the same cycles with the critique replaced by the cheapest thing that
     could explain the result (see :mod:`selfimprove.improvement_cycle.control`)."""
@@ -291,6 +314,9 @@ class RunConfig(Strict):
     schedule: Schedule = Schedule()
     dpo: TrainConfig = TrainConfig(method="dpo")
     sft: TrainConfig = TrainConfig(method="sft")
+    launch: LaunchConfig | None = Field(
+        default=None, description="train through `accelerate launch` (default: in process)"
+    )
     gate: GateConfig = GateConfig()
     control: ControlConfig = ControlConfig()
     serve: ServeConfig = ServeConfig()

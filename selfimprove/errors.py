@@ -49,3 +49,7 @@ class StoreError(SelfImproveError):
 
 class PolicyError(SelfImproveError):
     """A policy version is missing or corrupt."""
+
+
+class TrainingError(SelfImproveError):
+    """A training step failed (e.g. its processes under ``accelerate launch`` exited non-zero)."""

@@ -206,15 +206,18 @@ def test_critique_store_killed_and_rerun_holds_every_prompt_once(tmp_path):
     run_dir = tmp_path / "run"
     argv = [sys.executable, "-m", "selfimprove", "critique", "--prompts", str(prompts),
             "--config", str(config), "--store", str(run_dir), "--json"]
-    first = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    errors = tmp_path / "first.stderr"
+    with errors.open("wb") as stderr:
+        first = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
     log_dir = run_dir / "store" / "log"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and first.poll() is None:
         if log_dir.is_dir() and any(log_dir.glob("*.json")):
             break
         time.sleep(0.5)
-    assert first.poll() is None, "the harvest finished before it could be killed"
+    assert first.poll() is None, (
+        f"the harvest ended (exit {first.returncode}) before it could be killed:\n"
+        + errors.read_text(errors="replace")[-3000:])
     first.send_signal(signal.SIGKILL)
     first.wait()
     store = PreferenceStore(run_dir)

@@ -530,6 +530,60 @@ def test_module_entry_point_commits_a_candidate(run_dir: Path, dpo_v1: Path) -> 
     assert (record.version, record.status, record.metrics["steps"]) == (version, "candidate", 1)
 
 
+def launch_ctx(run_dir: Path, launch: dict[str, Any]):
+    from types import SimpleNamespace
+
+    from selfimprove.config import RunConfig
+    from selfimprove.registry import PolicyRegistry
+
+    sft = TrainConfig(method="sft", max_steps=1, per_device_train_batch_size=2,
+                      gradient_accumulation_steps=1, max_length=64, report_to=[])
+    cfg = RunConfig(launch=launch, sft=sft)
+    return SimpleNamespace(cfg=cfg, run=SimpleNamespace(path=run_dir),
+                           registry=PolicyRegistry(run_dir))
+
+
+@pytest.mark.slow
+def test_a_cycles_training_step_runs_under_accelerate_launch_on_two_cpu_processes(
+    run_dir: Path, dpo_v1: Path
+) -> None:
+    """``launch:`` in a run config: the cycle's training step runs as two gloo processes and
+    the candidate is committed as the in-process step commits it (this cycle's, unpromoted)."""
+    from selfimprove.improvement_cycle.train import _train_one
+
+    ctx = launch_ctx(run_dir, {"num_processes": 2, "cpu": True})
+    parent = ctx.registry.current()
+    version, metrics = _train_one(ctx, 7, "sft", parent)
+    record = ctx.registry.record(version)
+    assert (record.cycle, record.status, record.parent, record.method) == (
+        7, "candidate", parent.version, "sft")
+    assert metrics["processes"] == 2 and metrics["steps"] == 1
+    assert ctx.registry.current_version() == parent.version  # the gate decides, not training
+    assert ctx.registry.trained_in(7, "sft") == version  # a resumed cycle finds it
+
+
+def test_a_failed_launch_names_the_exit_and_commits_nothing(run_dir: Path) -> None:
+    from selfimprove.errors import TrainingError
+    from selfimprove.improvement_cycle.train import _train_one
+
+    ctx = launch_ctx(run_dir, {"num_processes": 1, "cpu": True,
+                               "extra_args": ["--no-such-flag"]})
+    before = [r.version for r in ctx.registry.versions()]
+    with pytest.raises(TrainingError, match=r"SFT under accelerate launch failed \(exit 2\)"):
+        _train_one(ctx, 8, "sft", ctx.registry.current())
+    assert [r.version for r in ctx.registry.versions()] == before
+
+
+def test_a_missing_accelerate_config_is_a_config_error(tmp_path: Path) -> None:
+    from selfimprove.config import RunConfig, load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("cycles: 1\nlaunch:\n  num_processes: 2\n  config_file: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="accelerate config 'nowhere.yaml' not found") as err:
+        load_config(path, RunConfig)
+    assert (err.value.line, err.value.field) == (4, "launch.config_file")
+
+
 @pytest.mark.slow
 def test_full_fine_tune_saves_a_model_the_registry_serves(tmp_path: Path) -> None:
     """``lora: null``: the whole model is trained and saved; its version is its model dir."""

@@ -168,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--method", choices=("dpo", "sft"), required=True)
     add_train_arguments(parser)
+    parser.add_argument("--cycle", type=int, help="the improvement cycle this step belongs to "
+                        "(recorded with the version; `selfimprove run` passes it)")
     return parser
 
 
@@ -218,8 +220,10 @@ def run_training(args: argparse.Namespace) -> int:
         raise SelfImproveError(shared[2])
     staging, parent = Path(shared[0]), PolicyRef.model_validate(shared[1])
     result = _train_staged(registry, staging, parent, dataset, cfg, not args.no_progress)
+    result.metrics["processes"] = state.num_processes
     if registry is not None:
-        ref = commit(registry, staging, parent, cfg, used, result, promote=args.promote)
+        ref = commit(registry, staging, parent, cfg, used, result, promote=args.promote,
+                     cycle=args.cycle)
         print(describe(ref.version, args.promote, args.method, parent.version, result))
     return 0
 
