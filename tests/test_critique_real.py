@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from selfimprove.backends.base import Backend
+from selfimprove.config import HarvestConfig
 from selfimprove.constitution import load_constitution
 from selfimprove.critique_loop import CritiqueContext, Roles, critique_many
+from selfimprove.harvest import harvest
+from selfimprove.sources import PromptRecord, parse_prompt_checks
 from selfimprove.types import SamplingParams
 
 pytestmark = pytest.mark.slow
@@ -39,3 +43,50 @@ async def test_critique_loop_on_embedded_model(embedded_backend):
             assert 0.0 <= v.p_b <= 1.0
     # three prompts, three stages of generation: batched, far fewer calls than requests
     assert embedded_backend.stats.generate_calls - calls_before < 3 * 3
+
+
+class Recording(Backend):
+    """The embedded backend, remembering every conversation it was asked to answer."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.seen: list[list[str]] = []
+
+    async def generate(self, conversations, params):
+        self.seen += [[m.content for m in conv] for conv in conversations]
+        return await self.inner.generate(conversations, params)
+
+    async def option_logprobs(self, conversations, options):
+        return await self.inner.option_logprobs(conversations, options)
+
+    async def load_policy(self, policy):
+        await self.inner.load_policy(policy)
+
+    @property
+    def policy(self):
+        return self.inner.policy
+
+
+async def test_samples_after_demonstrations_are_kept_against_the_bare_prompt(embedded_backend):
+    constitution = load_constitution("instructions")
+    backend = Recording(embedded_backend)
+    roles = Roles(policy=backend, policy_sampling=SamplingParams(max_new_tokens=64),
+                  sample_sampling=SamplingParams(max_new_tokens=64, temperature=0.8))
+    ctx = CritiqueContext(constitution=constitution, roles=roles, max_rounds=1, critic="checks",
+                          num_samples=3, score_samples=False)
+    prompt = "Describe a lighthouse. Write in lowercase letters only."
+    record = PromptRecord(id="lighthouse", prompt=prompt,
+                          checks=parse_prompt_checks([{"kind": "lowercase"}]))
+    (result,) = await critique_many([record], ctx)
+    demo_prompts = [e.prompt for e in constitution.examples]
+    with_demos = [conv for conv in backend.seen if conv[:1] == demo_prompts[:1]]
+    assert with_demos and all(conv[-1] == prompt for conv in with_demos)
+    assert [conv for conv in backend.seen if conv == [prompt]]  # the first answer: bare
+    assert result.conversation()[0].content == prompt and len(result.conversation()) == 1
+    assert any(c.check_id == "lowercase" for c in result.final_checks)
+    out = harvest([result], HarvestConfig(strategies=["revision", "best_of_n"]), cycle=1)
+    for row in out.sft:  # whatever was kept trains on the bare prompt, never the demonstrations
+        assert row["messages"][0] == {"role": "user", "content": prompt}
+        assert len(row["messages"]) == 2
+    for row in out.pairs:
+        assert row["prompt"] == [{"role": "user", "content": prompt}]

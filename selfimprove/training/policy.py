@@ -223,7 +223,7 @@ def run_training(args: argparse.Namespace) -> int:
     result.metrics["processes"] = state.num_processes
     if registry is not None:
         ref = commit(registry, staging, parent, cfg, used, result, promote=args.promote,
-                     cycle=args.cycle)
+                     cycle=getattr(args, "cycle", None))  # `selfimprove train` has no --cycle
         print(describe(ref.version, args.promote, args.method, parent.version, result))
     return 0
 
