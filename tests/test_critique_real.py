@@ -70,10 +70,11 @@ class Recording(Backend):
 async def test_samples_after_demonstrations_are_kept_against_the_bare_prompt(embedded_backend):
     constitution = load_constitution("instructions")
     backend = Recording(embedded_backend)
-    roles = Roles(policy=backend, policy_sampling=SamplingParams(max_new_tokens=64),
-                  sample_sampling=SamplingParams(max_new_tokens=64, temperature=0.8))
+    roles = Roles(policy=backend, policy_sampling=SamplingParams(max_new_tokens=48),
+                  sample_sampling=SamplingParams(max_new_tokens=48, temperature=0.8),
+                  reviser_sampling=SamplingParams(max_new_tokens=48))
     ctx = CritiqueContext(constitution=constitution, roles=roles, max_rounds=1, critic="checks",
-                          num_samples=3, score_samples=False)
+                          num_samples=2, score_samples=False)
     prompt = "Describe a lighthouse. Write in lowercase letters only."
     record = PromptRecord(id="lighthouse", prompt=prompt,
                           checks=parse_prompt_checks([{"kind": "lowercase"}]))
