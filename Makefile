@@ -30,8 +30,8 @@ demo: setup
 	fi
 
 # Two test processes of one thread each, a test file per process at a time: on the 2-core CPU the
-# suite ran in 12.5 min this way and in 17.6 min as one process of two threads (many tests wait
-# on servers and subprocesses). PYTEST_WORKERS=0 runs it in one process.
+# suite ran in 12.5 and 14.7 min this way (two runs) and in 17.6 min as one process of two
+# threads (many tests wait on servers and subprocesses). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 TEST_THREADS ?= 1
 test: setup

@@ -17,6 +17,7 @@ critiques (``prompts.traffic`` in a run config): their answer is the first respo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -140,11 +141,17 @@ class JournalMover:
     """
 
     def __init__(self, run_dir: str | Path, harvest: HarvestConfig | None = None) -> None:
+        self.run_dir = Path(run_dir)
         self.log = TrafficLog(run_dir)
         self.harvest_cfg = harvest or HarvestConfig()
-        self.store = PreferenceStore(run_dir)
         self._lock = threading.Lock()
         self._known: set[str] | None = None  # stored exchange ids, read once
+
+    @functools.cached_property
+    def store(self) -> PreferenceStore:
+        """Opened when critiqued traffic is first harvested: moving plain exchanges never
+        touches the store (nor creates one in a run directory that has none yet)."""
+        return PreferenceStore(self.run_dir)
 
     def move(self, skip: Path | None = None) -> int:
         """Move every finished segment (all but ``skip``, the caller's open one); the number
