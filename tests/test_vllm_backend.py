@@ -265,6 +265,19 @@ async def test_generate_greedy_n_seed_and_stop(backend):
 
 
 @pytest.mark.slow
+async def test_seeded_samples_over_one_engine_steps_token_budget(backend):
+    """Seeded requests whose prompts together exceed one step's token budget (4,096): the CPU
+    engine crashed when it split such a prefill across steps."""
+    text = " ".join(f"Fact {i}: the river is long." for i in range(90))  # ~800 tokens
+    convs = [conv(f"{text} Question {i}: how long is the river?") for i in range(8)]
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, n=2, seed=7)
+    first = await backend.generate(convs, params)
+    second = await backend.generate(convs, params)
+    assert [len(out) for out in first] == [2] * 8
+    assert [[c.text for c in out] for out in first] == [[c.text for c in out] for out in second]
+
+
+@pytest.mark.slow
 async def test_a_prompt_over_the_context_fails_alone_as_prompt_too_long(backend):
     from selfimprove.errors import PromptTooLongError
 
@@ -275,7 +288,7 @@ async def test_a_prompt_over_the_context_fails_alone_as_prompt_too_long(backend)
         return_exceptions=True,
     )
     assert ok[0][0].text.strip()
-    assert isinstance(bad, PromptTooLongError) and "maximum model length" in str(bad)
+    assert isinstance(bad, PromptTooLongError) and "maximum context length" in str(bad)
 
 
 @pytest.mark.slow

