@@ -36,7 +36,9 @@ from selfimprove.sources import load_prompts
 from selfimprove.types import PolicyRef
 
 POLICY = MAIN_JOB.critique.roles.policy.sampling
-ENGINE = {"max_model_len": 1024, "dtype": "bfloat16"}
+# float32: on a CPU without native bfloat16 (AVX2 only) vLLM's bfloat16 generated at 0.43x
+# float32's speed (36.4 against 84.0 tok/s, greedy, 16 prompts); transformers' at 0.44x
+ENGINE = {"max_model_len": 1024, "dtype": "float32"}
 
 
 def raw_vllm(backend: VLLMBackend, prompts: list[str], lora=None) -> dict:

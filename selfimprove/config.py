@@ -113,6 +113,11 @@ class BackendConfig(Strict):
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=20.0, ge=0)
     # in-process vLLM
+    switch: Literal["auto", "lora", "merged"] = Field(
+        default="auto",
+        description="vLLM: serve trained versions as LoRA requests or as merged checkpoints "
+        "(an engine per version); auto: merged on a CPU, LoRA on GPUs",
+    )
     max_lora_rank: int = Field(default=64, ge=1, description="vLLM: the largest adapter rank")
     engine_args: dict[str, Any] = Field(
         default_factory=dict,

@@ -30,6 +30,16 @@ CASES = {
         "critique:\n  roles:\n    judge:\n      backend:\n        kind: openai\n",
         4, "critique.roles.judge.backend", "base_url",
     ),
+    "engine_args_off_vllm": (
+        "critique:\n  roles:\n    policy:\n      backend:\n        kind: transformers\n"
+        "        engine_args: {max_model_len: 512}\n",
+        4, "critique.roles.policy.backend", "engine_args is for kind 'vllm'",
+    ),
+    "engine_args_shadow_own_keys": (
+        "critique:\n  roles:\n    policy:\n      backend:\n        kind: vllm\n"
+        "        engine_args: {dtype: half, model: x}\n",
+        4, "critique.roles.policy.backend", "may not set dtype, model",
+    ),
     "negative_temperature": (
         "critique:\n  roles:\n    critic:\n      sampling:\n        temperature: -1\n",
         5, "critique.roles.critic.sampling.temperature", "greater than or equal to 0",

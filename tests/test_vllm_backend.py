@@ -78,20 +78,55 @@ class FakeLLM:
 
 
 @pytest.fixture
-def fake_backend(monkeypatch, tmp_path):
+def fake_vllm(monkeypatch, tmp_path):
+    """The stand-in module installed as ``vllm``; returns a model directory to load."""
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.SamplingParams = FakeLLM, FakeSamplingParams
     request = types.ModuleType("vllm.lora.request")
     request.LoRARequest = FakeLoRARequest
     for name, module in [("vllm", vllm), ("vllm.lora", types.ModuleType("vllm.lora")),
-                         ("vllm.lora.request", request)]:
+                         ("vllm.lora.request", request), ("vllm.platforms", None)]:
         monkeypatch.setitem(sys.modules, name, module)
-    from selfimprove.backends.vllm import VLLMBackend
-
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
-    return VLLMBackend(str(model_dir), max_lora_rank=8, collect_window_s=0.01)
+    return str(model_dir)
+
+
+@pytest.fixture
+def fake_backend(fake_vllm):
+    from selfimprove.backends.vllm import VLLMBackend
+
+    return VLLMBackend(fake_vllm, max_lora_rank=8, collect_window_s=0.01)
+
+
+def test_the_factory_passes_the_config_to_the_engine(fake_vllm, tmp_path):
+    from selfimprove.backends.factory import make_backend
+    from selfimprove.config import BackendConfig
+
+    v1 = PolicyRef(version="v1", adapter_path=make_adapter(tmp_path, "a1", rank=16))
+    cfg = BackendConfig(kind="vllm", model=fake_vllm, dtype="bfloat16", max_lora_rank=16,
+                        engine_args={"max_model_len": 512, "enable_prefix_caching": True})
+    backend = make_backend(cfg, v1)
+    kwargs = backend._llm.kwargs
+    assert (kwargs["dtype"], kwargs["max_lora_rank"], kwargs["max_model_len"]) == (
+        "bfloat16", 16, 512)
+    assert kwargs["enable_prefix_caching"] and backend.policy == v1
+
+
+def test_cpu_engines_get_a_kv_cache_eager_mode_and_no_chunked_prefill(monkeypatch):
+    from selfimprove.backends.vllm import CPU_KV_CACHE_BYTES, _cpu_defaults
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")  # a user's setting is kept
+    assert _cpu_defaults({}) == {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES,
+                                 "enforce_eager": True, "enable_chunked_prefill": False}
+    mine = {"gpu_memory_utilization": 0.5, "enforce_eager": False,
+            "enable_chunked_prefill": True}
+    assert _cpu_defaults(mine) == mine  # the caller's settings win
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    assert "kv_cache_memory_bytes" not in _cpu_defaults({})
+    assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
 
 
 def make_adapter(root, name, rank=8):
@@ -343,29 +378,68 @@ async def transformers_nll(texts, policy=None):
 
 
 @pytest.mark.slow
-def test_engine_without_lora_scores_nll_itself_and_closing_stops_its_processes():
+def test_merged_versions_engine_scores_nll_itself_and_closing_stops_its_processes(
+    adapter_dir, tmp_path, monkeypatch
+):
+    """switch="merged": each version is a full checkpoint on an engine without LoRA, which
+    scores retention texts through its own prompt log-probabilities."""
     require_vllm()
     import psutil
 
     from selfimprove.backends.vllm import VLLMBackend
 
+    monkeypatch.setattr("selfimprove.backends.merged.cache_dir", lambda: tmp_path)
     me = psutil.Process()
-    before = {p.pid for p in me.children(recursive=True)}
-    b = VLLMBackend(None, enable_lora=False, max_model_len=512)
-    engine = {p.pid for p in me.children(recursive=True)} - before
-    assert engine, "the engine runs in processes of its own"
 
-    # prompt log-probabilities from the engine: the same tokens the transformers backend scores
+    def children() -> set[int]:
+        """Live child processes, but multiprocessing's resource tracker (it lives as long as
+        this process) and zombies (exited, not yet reaped)."""
+        alive = set()
+        for child in me.children(recursive=True):
+            try:
+                if "resource_tracker" not in " ".join(child.cmdline()):
+                    alive.add(child.pid)
+            except psutil.Error:
+                pass
+        return alive
+
+    before = children()
+    b = VLLMBackend(None, switch="merged", max_model_len=512)
+    engines = children() - before
+    assert engines, "the engine runs in processes of its own"
+    greedy = SamplingParams(max_new_tokens=12)
+
+    async def answers():
+        return [c[0].text for c in await b.generate([conv(p) for p in PROMPTS], greedy)]
+
+    # v0: prompt log-probabilities from the engine, the tokens the transformers backend scores
+    base = asyncio.run(answers())
     ours = asyncio.run(b.sequence_nll(NLL_TEXTS))
     assert b._scorer is None, "no transformers copy without LoRA"
     theirs = asyncio.run(transformers_nll(NLL_TEXTS))
-    assert ours == pytest.approx(theirs, rel=0.05)  # vLLM may compute in bfloat16
+    assert ours == pytest.approx(theirs, rel=0.05)
     assert ours[2] > ours[0]  # gibberish is less likely than English
     with pytest.raises(BackendError, match="under two tokens"):
         asyncio.run(b.sequence_nll([""]))
 
+    # v1: the adapter merged into a checkpoint, served by a new engine
+    v1 = PolicyRef(version="v1", adapter_path=adapter_dir)
+    asyncio.run(b.load_policy(v1))
+    engines |= children() - before
+    assert b.policy == v1 and list(tmp_path.glob("merged/v1-*/config.json"))
+    assert asyncio.run(answers()) != base
+    assert asyncio.run(b.sequence_nll(NLL_TEXTS)) == pytest.approx(
+        asyncio.run(transformers_nll(NLL_TEXTS, v1)), rel=0.05)
+    with pytest.raises(BackendError, match="still serving v1"):
+        asyncio.run(b.load_policy(PolicyRef(version="v2", adapter_path=adapter_dir + "-gone")))
+    assert b.policy == v1
+
+    asyncio.run(b.load_policy(PolicyRef(version="v0")))
+    engines |= children() - before
+    assert asyncio.run(answers()) == base
+
     b.close()
-    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in engine
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in engines
                                      if psutil.pid_exists(pid)], timeout=30)
     assert not alive, f"engine processes still running after close(): {alive}"
     with pytest.raises(BackendError, match="closed"):

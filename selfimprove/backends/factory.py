@@ -38,6 +38,7 @@ def make_backend(cfg: BackendConfig, policy: PolicyRef | None = None) -> Backend
             return VLLMBackend(
                 cfg.model,
                 dtype=cfg.dtype,
+                switch=cfg.switch,
                 max_lora_rank=cfg.max_lora_rank,
                 policy=policy,
                 **cfg.engine_args,
