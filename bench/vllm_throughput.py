@@ -14,7 +14,10 @@ On the same prompts, with the main job's critique settings:
 
 Targets: (b)/(a) >= 0.8, (b)/(c) >= 1.5, trained/base >= 0.8. Writes JSON.
 
-    python bench/vllm_throughput.py [--prompts 16] [--adapter DIR] [--out FILE]
+    python bench/vllm_throughput.py [--prompts 16] [--dtype float32] [--adapter DIR] [--out FILE]
+
+``VLLM_CPU_NUM_OF_RESERVED_CPU=1`` measures with the core vLLM keeps for itself on small
+machines (the backend sets it to 0 there unless it is set).
 """
 
 from __future__ import annotations
@@ -101,12 +104,14 @@ def timed_engine(**kwargs) -> tuple[VLLMBackend, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--adapter", help="a trained adapter (default: random, main job shape)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/vllm_throughput.json"))
     args = parser.parse_args()
     prompts = [p for _, p in load_prompts("general")][: args.prompts]
     work = Path(tempfile.mkdtemp(prefix="vllm-bench-"))
     adapter = args.adapter or adapter_like_main_job(work)
+    ENGINE["dtype"] = args.dtype
     result: dict = {"prompts": len(prompts), "engine": ENGINE}
 
     engine, result["engine_start_s"] = timed_engine(
