@@ -255,6 +255,7 @@ class VLLMBackend(Backend):
         """
         serving = self._policy.version if self._policy else "the base model"
         if self.switch == "merged":
+            await self._drained()  # what was submitted finishes on the engine it was sent to
             try:
                 await asyncio.to_thread(self._swap_engine, policy)
             except Exception as exc:  # vLLM and PEFT raise many types for bad weights
@@ -280,11 +281,15 @@ class VLLMBackend(Backend):
 
     async def aclose(self) -> None:
         """Finish submitted work, then stop the engine's processes and free their memory."""
+        await self._drained()
+        self.close()
+
+    async def _drained(self) -> None:
+        """Wait until every call submitted from this event loop has had its engine call."""
         drainer = self._drainer
         running = asyncio.get_running_loop()
         if drainer is not None and not drainer.done() and drainer.get_loop() is running:
             await asyncio.gather(drainer, return_exceptions=True)
-        self.close()
 
     def close(self) -> None:
         """Stop the engine core (its worker processes) now; later calls raise BackendError."""
@@ -468,8 +473,9 @@ def _cpu_defaults(llm_kwargs: dict[str, Any]) -> dict[str, Any]:
     out = dict(llm_kwargs)
     out.setdefault("enable_chunked_prefill", False)
     if (os.cpu_count() or 1) <= SMALL_CPU_CORES:
-        # vLLM keeps a core for its front end; on 2 cores that halves the compute (greedy on
-        # 16 prompts: 66.7 tok/s with the core kept, 84.0 without). Read from the environment
+        # vLLM keeps a core for its front end, which leaves half of a 2-core machine out of
+        # the model's compute (greedy on 16 prompts: 66.7 tok/s with the core kept, 84.0
+        # without). Read from the environment
         # by the engine's processes, so it is set here, before they start.
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(out)
