@@ -195,8 +195,11 @@ def test_serve_agent_example_traffic_is_critiqued_and_trained_on(tmp_path):
     run = tmp_path / "run"
     serve = start_selfimprove_serve(run, tmp_path, "--config", str(config),
                                     "--flush-seconds", "0.5")
-    short = ["What is the capital of Italy?", "What colour is a ripe banana?",
-             "How many legs does a spider have?", "What is the opposite of hot?"]
+    # asked for one sentence with room to finish: an answer cut at its cap is no SFT example,
+    # and a CI run once had every usable served answer cut at 64 tokens
+    short = [f"{q} Answer in one sentence." for q in (
+        "What is the capital of Italy?", "What colour is a ripe banana?",
+        "How many legs does a spider have?", "What is the opposite of hot?")]
     try:
         agent = subprocess.run(
             [sys.executable, str(root / "examples/serve_agent.py"), "--base-url",
@@ -206,7 +209,7 @@ def test_serve_agent_example_traffic_is_critiqued_and_trained_on(tmp_path):
         assert agent.stdout.count("[assistant]") == 2
         api = openai.OpenAI(base_url=f"{serve.url}/v1", api_key="x", max_retries=0)
         served = {q: api.chat.completions.create(
-            model="run", messages=[{"role": "user", "content": q}], max_tokens=64,
+            model="run", messages=[{"role": "user", "content": q}], max_tokens=128,
         ).choices[0].message.content for q in short}
     finally:
         stop_process(serve.process)
