@@ -32,23 +32,6 @@ def vllm_server(tmp_path_factory):
     stop_process_group(serve.process)
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory):
-    """A rank-8 LoRA adapter with random (non-zero) weights, so it visibly changes outputs."""
-    from peft import LoraConfig, get_peft_model
-
-    from selfimprove.models import load_causal_lm
-
-    model = get_peft_model(
-        load_causal_lm(None),
-        LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                   init_lora_weights=False),
-    )
-    path = tmp_path_factory.mktemp("adapter") / "v1"
-    model.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture
 async def client(vllm_server):
     backend = OpenAIBackend(vllm_server.url, vllm_server.model, api_key_env=None,
