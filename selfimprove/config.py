@@ -181,6 +181,13 @@ class CritiqueConfig(Strict):
         description="who writes the critique: the critic model, or (checks) the list of failed "
         "rules, with no critic call and no revision of a response that passes",
     )
+    reviser: Literal["model", "repair"] = Field(
+        default="model",
+        description="who revises: the reviser model, or (repair) the checks first: an extra "
+        "sample that passes them, else the failed checks' mechanical fixes where every failed "
+        "check has one (lowercase, starts_with, ends_with, bullet_count, paragraph_count, "
+        "json_object, quoted, no_commas); the reviser model otherwise",
+    )
     num_samples: int = Field(default=0, ge=0, description="extra samples for best-of-N pairs")
     score_samples: bool = Field(
         default=True,

@@ -3,7 +3,9 @@
 Two strategies:
 
 - ``revision``: the first response against the final revision, labelled by the
-  position-swapped pairwise verdict (Constitutional AI style);
+  position-swapped pairwise verdict (Constitutional AI style); a row's ``strategy`` says who
+  revised: ``revision`` (the reviser model), ``repaired_revision`` (the failed checks'
+  mechanical fixes) or ``sample_revision`` (an extra sample that passed the checks);
 - ``best_of_n``: the best against the worst of N samples, scored by the pointwise judge
   (Self-Rewarding style) or ranked by the checks alone (rejection sampling); with it, a prompt
   whose revision is no clean SFT example gives its best passing sample instead.
@@ -200,6 +202,16 @@ def _best_of_n_pair(result: CritiqueResult, cfg: HarvestConfig) -> tuple[_Side, 
     return best, worst, min(gap / cfg.score_scale, 1.0), "score"
 
 
+#: a row's strategy by who made the final revision (the pair and the SFT row alike)
+_REVISED_BY = {"repair": "repaired_revision", "sample": "sample_revision"}
+
+
+def _revised_by(result: CritiqueResult) -> str | None:
+    """Who made the final revision ("model", "repair", "sample"); None without one."""
+    revised = [r for r in result.rounds if r.revision is not None]
+    return revised[-1].reviser if revised else None
+
+
 def _messages(role: str, text: str) -> list[dict[str, str]]:
     return [{"role": role, "content": text}]
 
@@ -258,7 +270,7 @@ def _sft_row(result: CritiqueResult, base: dict[str, Any]) -> dict[str, Any]:
     verdict = result.verdict
     row: dict[str, Any] = {
         "messages": messages,
-        "strategy": "final_revision",
+        "strategy": _REVISED_BY.get(_revised_by(result) or "", "final_revision"),
         **base,
         "check_results": json.dumps({"final": checks, "prompt_checks": result.prompt_checks},
                                     sort_keys=True),
@@ -336,14 +348,19 @@ def harvest(
             except _Drop as drop:
                 dropped[drop.reason] += 1
                 continue
+            if strategy == "revision":
+                strategy = _REVISED_BY.get(_revised_by(result) or "", strategy)
             out.pairs.append(
                 _pair_row(result, strategy, chosen, rejected, margin, decided_by, base)
             )
             kept[strategy] += 1
         reason = _sft_drop_reason(result, cfg)
         if reason is None:
-            out.sft.append(_sft_row(result, base))
+            row = _sft_row(result, base)
+            out.sft.append(row)
             kept["sft"] += 1
+            if row["strategy"] != "final_revision":
+                kept[f"sft_{row['strategy']}"] += 1
             continue
         dropped[reason] += 1
         # Where the revision is no clean example, a passing sample still is (rejection

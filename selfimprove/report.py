@@ -286,10 +286,20 @@ def _cycle_row(rec: CycleRecord) -> list[str]:
     if rec.reasons:
         decision += ": " + "; ".join(rec.reasons)
     sft = str(rec.sft_rows)
-    if from_samples := rec.kept.get("sft_best_sample", 0):
-        sft += f" ({from_samples} best samples)"
+    sources = [f"{n} {label}" for key, label in _SFT_SOURCES.items()
+               if (n := rec.kept.get(key, 0))]
+    if sources:
+        sft += f" ({', '.join(sources)})"
     return [str(rec.cycle), str(rec.prompts), pairs, sft, train, win, viol,
             length, retention, decision, rec.current]
+
+
+#: where SFT rows that are not the reviser model's revisions came from, as the report says it
+_SFT_SOURCES = {
+    "sft_repaired_revision": "repaired",
+    "sft_sample_revision": "passing samples",
+    "sft_best_sample": "best samples",
+}
 
 
 def _headline(cycles: Sequence[CycleRecord], baseline: PolicyEval | None) -> list[str]:

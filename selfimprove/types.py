@@ -110,6 +110,14 @@ class RoundRecord(BaseModel):
     revision_truncated: bool = Field(
         default=False, description="the revision ran out of its token budget (not a clean example)"
     )
+    reviser: Literal["model", "repair", "sample"] = Field(
+        default="model", description="who revised: the reviser model, mechanical repairs of "
+        "the failed checks, or (sample) an extra sample that passes the checks as it is")
+    repaired_checks: list[str] = Field(
+        default_factory=list, description="ids of the failed checks the repairs fixed")
+    from_sample: bool = Field(
+        default=False, description="the revision is an extra sample (repaired or not), not an "
+        "edit of the response")
 
 
 class CritiqueResult(BaseModel):

@@ -59,6 +59,7 @@ def critique_context(cfg: CritiqueConfig, constitution: Constitution, roles: Rol
         max_rounds=cfg.max_rounds,
         principles_per_round=cfg.principles_per_round,
         critic=cfg.critic,
+        reviser=cfg.reviser,
         num_samples=cfg.num_samples,
         score_samples=cfg.score_samples,
         sample_with_examples=cfg.sample_with_examples,

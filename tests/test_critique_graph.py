@@ -12,7 +12,7 @@ from selfimprove.constitution import load_constitution
 from selfimprove.critique_loop import CritiqueContext, Roles, build_critique_graph, critique_many
 from selfimprove.critique_loop.graph import to_result
 from selfimprove.errors import PromptTooLongError
-from selfimprove.types import Completion, SamplingParams
+from selfimprove.types import Completion, SamplingParams, passes
 
 CONSTITUTION = """
 name: tiny
@@ -395,3 +395,66 @@ async def test_judges_use_every_judge_setting_of_the_context(constitution):
     assert not any(kind == "logprobs" for kind, _ in backend.calls)
     for kind in ("Which response is better", "Does the response meet"):
         assert {p.max_new_tokens for p in backend.params[kind]} == {7}, kind
+
+
+LOWERCASE = [{"kind": "lowercase", "id": "lowercase"}]
+
+
+class CutFirst(ScriptedBackend):
+    """The first (greedy) answer runs out of its token budget; samples and revisions end."""
+
+    async def generate(self, conversations, params) -> list[list[Completion]]:
+        out = await super().generate(conversations, params)
+        if params.temperature == 0 and "Revision request" not in user_text(conversations[0]):
+            out = [[c.model_copy(update={"finish_reason": "length"}) for c in row] for row in out]
+        return out
+
+
+async def run_repair(constitution, first: str, sample: str, *, checks=LOWERCASE,
+                     backend_cls=ScriptedBackend):
+    """The loop with checks as critic and as reviser; returns the state and the user turns."""
+    seen: list[str] = []
+
+    def respond(conv, params):
+        seen.append(user_text(conv))
+        if "Revision request" in user_text(conv):
+            return "model revision"
+        return sample if params.temperature > 0 else first
+
+    ctx = make_ctx(constitution, backend_cls(respond, prefer(SHORT)), critic="checks",
+                   reviser="repair", num_samples=2, score_samples=False, max_rounds=1)
+    state = await build_critique_graph().ainvoke(
+        {"prompt_id": "p1", "prompt": "Why?", "prompt_checks": checks}, context=ctx)
+    return state, seen
+
+
+async def test_repair_fixes_the_failed_check_without_asking_the_reviser(constitution):
+    state, seen = await run_repair(constitution, "Short Answer", "Also Capital")
+    (rnd,) = state["rounds"]
+    assert state["response"] == "short answer" and passes(state["checks"])
+    assert (rnd.reviser, rnd.repaired_checks, rnd.from_sample) == ("repair", ["lowercase"], False)
+    assert rnd.response == "Short Answer"
+    assert not any("Revision request" in text for text in seen)
+
+
+async def test_a_sample_that_passes_as_it_is_comes_before_a_repair(constitution):
+    state, _ = await run_repair(constitution, "Short Answer", "a fine one")
+    (rnd,) = state["rounds"]
+    assert state["response"] == "a fine one"
+    assert (rnd.reviser, rnd.repaired_checks, rnd.from_sample) == ("sample", [], True)
+
+
+async def test_a_cut_off_answer_is_not_repaired_but_a_sample_is(constitution):
+    state, _ = await run_repair(constitution, "Short Answer", "Also Capital",
+                                backend_cls=CutFirst)
+    (rnd,) = state["rounds"]
+    assert state["response"] == "also capital"
+    assert (rnd.reviser, rnd.from_sample) == ("repair", True)
+
+
+async def test_a_failed_check_without_a_fix_goes_to_the_reviser_model(constitution):
+    checks = [{"kind": "include_words", "words": ["hive"], "id": "hive"}]
+    state, seen = await run_repair(constitution, "Bees buzz", "They fly", checks=checks)
+    (rnd,) = state["rounds"]
+    assert rnd.reviser == "model" and state["response"] == "model revision"
+    assert any("Revision request" in text for text in seen)

@@ -91,3 +91,31 @@ async def test_samples_after_demonstrations_are_kept_against_the_bare_prompt(emb
         assert len(row["messages"]) == 2
     for row in out.pairs:
         assert row["prompt"] == [{"role": "user", "content": prompt}]
+
+
+async def test_checks_repair_the_embedded_models_answers(embedded_backend):
+    # One-sentence answers end within the budget; the 135M model rarely writes in lowercase
+    # and never adds the closing words on its own, so the repairs have work to do.
+    roles = Roles(policy=embedded_backend, policy_sampling=SamplingParams(max_new_tokens=64),
+                  sample_sampling=SamplingParams(max_new_tokens=64, temperature=0.8),
+                  reviser_sampling=SamplingParams(max_new_tokens=64))
+    ctx = CritiqueContext(constitution=load_constitution("instructions"), roles=roles,
+                          max_rounds=1, critic="checks", reviser="repair", num_samples=2,
+                          score_samples=False, sample_with_examples=False)
+    checks = parse_prompt_checks([{"kind": "lowercase"},
+                                  {"kind": "ends_with", "value": "stay safe."}])
+    records = [PromptRecord(id=f"p{i}", prompt=f"In one sentence, say what {thing} is. Write in "
+                            "lowercase letters only and end with the words 'stay safe.'",
+                            checks=checks)
+               for i, thing in enumerate(["a lighthouse", "a volcano", "a thunderstorm"])]
+    results = await critique_many(records, ctx)
+    by_checks = [r for r in results if r.rounds and r.rounds[0].reviser != "model"]
+    assert by_checks, [r.first_response for r in results]
+    for r in by_checks:
+        assert r.final_passes and r.final_response.endswith("stay safe.")
+        assert r.final_response == r.final_response.lower()
+    out = harvest(results, HarvestConfig(strategies=["revision", "best_of_n"]), cycle=1)
+    kept = {row["strategy"] for row in out.sft}
+    assert kept & {"repaired_revision", "sample_revision"}
+    for row in out.sft:
+        assert len(row["messages"]) == 2 and row["messages"][0]["content"].startswith("In one")

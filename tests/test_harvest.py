@@ -385,3 +385,20 @@ def test_a_chosen_side_that_repeats_itself_is_never_kept():
     out = harvest([result], HarvestConfig())
     assert out.pairs == [] and out.sft == []
     assert out.dropped == {"chosen_repeats_itself": 1, "repetitive_sft": 1}
+
+
+@pytest.mark.parametrize(("reviser", "strategy"), [
+    ("repair", "repaired_revision"), ("sample", "sample_revision"), ("model", "revision")])
+def test_rows_say_who_revised(reviser, strategy):
+    # The first response failed a check, the revision passes: the checks decide the pair.
+    r = result(first_checks=[check(False)])
+    r.rounds[0] = r.rounds[0].model_copy(update={"reviser": reviser})
+    out = run([r])
+    (pair,) = out.pairs
+    (sft,) = out.sft
+    assert pair["strategy"] == strategy and pair["decided_by"] == "checks"
+    assert sft["strategy"] == ("final_revision" if reviser == "model" else strategy)
+    want = {strategy: 1, "sft": 1}
+    if reviser != "model":
+        want[f"sft_{strategy}"] = 1
+    assert out.kept == want

@@ -1,4 +1,10 @@
-"""refine: the reviser rewrites the response following the critique and revision requests."""
+"""refine: the reviser rewrites the response following the critique and revision requests.
+
+With ``reviser: repair`` the checks revise first: an extra sample that passes them as it is
+replaces the response; else the failed checks' mechanical fixes (see :mod:`selfimprove.repair`)
+are made to the response if it ended, or to the first extra sample they fix. The reviser model
+is asked only when none of these passes.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,9 @@ from langgraph.runtime import Runtime
 from selfimprove.checks import Check, run_checks
 from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
 from selfimprove.critique_loop.text import failed_checks_text, prompt_seed
+from selfimprove.degeneration import repeats_itself
 from selfimprove.prompts import user
+from selfimprove.repair import repair_response
 from selfimprove.types import Completion, RoundRecord, passes
 
 
@@ -17,6 +25,8 @@ async def refine(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> Cri
     ctx = runtime.context
     crit = state["critique"]
     assert crit is not None, "refine runs only after critique"
+    if ctx.reviser == "repair" and (repaired := _repaired(state, ctx.checks_for(state))):
+        return repaired
     by_id = {p.id: p for p in ctx.constitution.principles}
     conv = user(
         "revise",
@@ -64,3 +74,50 @@ def best_revision(outs: Sequence[Completion], checks: Sequence[Check]) -> Comple
     ended = [o for o in outs if o.text.strip() and o.finish_reason == "stop"]
     clean = [o for o in ended if passes(run_checks(checks, o.text))]
     return (clean or ended or list(outs))[0]
+
+
+def _response_ended(state: CritiqueState) -> bool:
+    """Whether the current response ended on its own (not cut off at its token cap)."""
+    rounds = state.get("rounds", [])
+    if rounds:
+        return not rounds[-1].revision_truncated
+    return not state.get("response_truncated", False)
+
+
+def _repaired(state: CritiqueState, checks: Sequence[Check]) -> CritiqueState | None:
+    """The refine update that the checks alone make, or None when they cannot make one.
+
+    In order: the first extra sample that passes as it is (samples all ended on their own);
+    the current response, if it ended, with its failed checks fixed; the first sample whose
+    failed checks can be fixed. A candidate that repeats itself is skipped: a fixed format
+    would still teach the loop.
+    """
+    samples = [s for s in state.get("samples", []) if not repeats_itself(s)]
+    current = [state["response"]] if _response_ended(state) else []
+    current = [t for t in current if not repeats_itself(t)]
+    found: tuple[str, tuple[str, ...], str, bool] | None = None
+    for text in samples:
+        if passes(run_checks(checks, text)):
+            found = (text, (), "sample", True)
+            break
+    for text, from_sample in [*((t, False) for t in current), *((s, True) for s in samples)]:
+        if found is not None:
+            break
+        fix = repair_response(checks, text)
+        if fix is not None and fix.fixed:
+            found = (fix.text, fix.fixed, "repair", from_sample)
+    if found is None:
+        return None
+    revision, fixed, reviser, from_sample = found
+    record = RoundRecord(
+        round=state.get("round", 0),
+        response=state["response"],
+        checks=state.get("checks", []),
+        critique=state["critique"],
+        revision=revision,
+        reviser=reviser,  # type: ignore[arg-type]
+        repaired_checks=list(fixed),
+        from_sample=from_sample,
+    )
+    return {"response": revision, "round": state.get("round", 0) + 1, "rounds": [record],
+            "critique": None}

@@ -75,6 +75,7 @@ class CritiqueContext:
     max_rounds: int = 2
     principles_per_round: int = 1
     critic: str = "model"  # "checks": the failed rules are the critique; passing answers stand
+    reviser: str = "model"  # "repair": mechanical fixes of failed checks where all have one
     num_samples: int = 0  # extra sampled responses (best-of-N harvesting)
     score_samples: bool = True  # the pointwise judge scores them; else the checks alone rank
     sample_with_examples: bool = True  # the constitution's examples precede the sampled prompt
