@@ -27,9 +27,11 @@ def test_a_passing_response_comes_back_unchanged():
 
 @pytest.mark.parametrize(("check", "text", "want"), [
     ({"kind": "lowercase"}, "Über Café, Σ.", "über café, σ."),
-    ({"kind": "ends_with", "value": "Any questions?"}, "Tea is nice", "Tea is nice. Any questions?"),
+    ({"kind": "ends_with", "value": "Any questions?"}, "Tea is nice",
+     "Tea is nice. Any questions?"),
     ({"kind": "ends_with", "value": "stay safe."}, "Storms pass.  \n", "Storms pass. Stay safe."),
-    ({"kind": "starts_with", "value": "Imagine"}, "  A storm rolls in.", "Imagine: A storm rolls in."),
+    ({"kind": "starts_with", "value": "Imagine"}, "  A storm rolls in.",
+     "Imagine: A storm rolls in."),
     ({"kind": "starts_with", "value": "Here is"}, "- one\n- two", "Here is:\n- one\n- two"),
     ({"kind": "no_commas"}, "Red, green ,blue and 1,000.", "Red green blue and 1 000."),
     ({"kind": "quoted"}, "  Be kind.\n", '"Be kind."'),
@@ -46,7 +48,8 @@ def test_bullets_reflow_sentences_evenly_without_dropping_any():
     text = "Yeast eats sugar. It makes gas! The gas is trapped? Dough rises.\nThen bake it."
     out = fix([{"kind": "bullet_count", "min": 2, "max": 2}], text)
     assert out is not None
-    assert out.text == "- Yeast eats sugar. It makes gas! The gas is trapped?\n- Dough rises. Then bake it."
+    assert out.text == ("- Yeast eats sugar. It makes gas! The gas is trapped?\n"
+                        "- Dough rises. Then bake it.")
     # existing list markers (nested ones too) become plain sentences first
     nested = "Intro line\n- one.\n  - one b.\n1. two."
     out = fix([{"kind": "bullet_count", "min": 2, "max": 2}], nested)
