@@ -220,3 +220,45 @@ async def test_two_runs_with_the_same_version_name_get_their_own_adapter(
         scores.append(lp["A"])
     assert scores[0] != pytest.approx(scores[1], abs=1e-4)  # each arm's own weights
     assert scores[2] == pytest.approx(scores[0], abs=1e-4)  # and back again
+
+
+async def test_a_cancelled_caller_does_not_stop_the_batcher(embedded_backend):
+    params = SamplingParams(max_new_tokens=8)
+    task = asyncio.create_task(embedded_backend.generate([conv("Say hello.")], params))
+    await asyncio.sleep(0.005)  # submitted and waiting on the batcher
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The batcher finishes the abandoned batch and goes on answering.
+    ((out,),) = await asyncio.wait_for(
+        embedded_backend.generate([conv("Name a fruit.")], params), timeout=120)
+    assert out.text and embedded_backend._worker.is_alive()
+
+
+async def test_length_checks_beside_a_running_batch_keep_it_padded(embedded_backend):
+    # The tokenizer's padding setting is shared state: a length check on the event loop must
+    # not switch it off under the batcher's padded encode of uneven prompts.
+    import threading
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    long_conv = [conv("Tell me, in a few words, what a long and winding river looks like.")]
+
+    def check_lengths() -> None:
+        while not stop.is_set():
+            embedded_backend._check_lengths(long_conv, 8)
+
+    checker = threading.Thread(target=check_lengths)
+    checker.start()
+    try:
+        for _ in range(5000):
+            try:
+                enc = embedded_backend._encode(["Hi.", "A much longer prompt than the first."])
+            except ValueError as exc:  # an unpadded batch cannot become one tensor
+                errors.append(exc)
+                break
+            assert enc["input_ids"].shape[0] == 2
+    finally:
+        stop.set()
+        checker.join()
+    assert not errors

@@ -128,6 +128,10 @@ class TransformersBackend(Backend):
         self.max_wait_s = max_wait_ms / 1000
         self.tokenizer = load_tokenizer(self.model_name)
         self.tokenizer.padding_side = "left"
+        # A fast tokenizer keeps its padding setting on one shared object, set by every call:
+        # a length check on the event loop (no padding) racing the batcher's padded encode left
+        # the batch unpadded ("expected sequence of length 56 at dim 1 (got 58)").
+        self._tokenizer_lock = threading.Lock()
         self.model = load_causal_lm(self.model_name, dtype=dtype, device=device)
         self.device = self.model.device
         self.stats = BatchStats()
@@ -263,11 +267,15 @@ class TransformersBackend(Backend):
                     job.future.set_exception(exc)
             return
         if len(jobs) == 1 and jobs[0].kind == "call":
-            jobs[0].future.set_result(results[0])
+            if not jobs[0].future.done():
+                jobs[0].future.set_result(results[0])
             return
         start = 0
         for job in jobs:
-            job.future.set_result(results[start : start + len(job.rows)])
+            # A caller that gave up (its task was cancelled) gets nothing; setting its result
+            # would raise here and kill the batcher thread, leaving every later call waiting.
+            if not job.future.done():
+                job.future.set_result(results[start : start + len(job.rows)])
             start += len(job.rows)
 
     def _chat_texts(self, conversations: Sequence[Conversation]) -> list[str]:
@@ -293,22 +301,26 @@ class TransformersBackend(Backend):
         if limit is None:
             return
         texts = self._chat_texts(conversations)
-        for i, ids in enumerate(self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
-            if len(ids) + new_tokens > limit:
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        lengths = [len(ids) for ids in encoded]
+        for i, n in enumerate(lengths):
+            if n + new_tokens > limit:
                 raise PromptTooLongError(
-                    f"conversation {i + 1} has {len(ids)} tokens; with {new_tokens} new tokens "
+                    f"conversation {i + 1} has {n} tokens; with {new_tokens} new tokens "
                     f"it exceeds the {limit} positions of {self.model_name}: shorten the prompt"
                 )
 
     def _encode(self, texts: list[str], max_length: int | None = None):
-        enc = self.tokenizer(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-            truncation=max_length is not None,
-            max_length=max_length,
-        )
+        with self._tokenizer_lock:
+            enc = self.tokenizer(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+                truncation=max_length is not None,
+                max_length=max_length,
+            )
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def _adapter_context(self):
