@@ -348,12 +348,11 @@ def harvest(
             except _Drop as drop:
                 dropped[drop.reason] += 1
                 continue
+            label = strategy
             if strategy == "revision":
-                strategy = _REVISED_BY.get(_revised_by(result) or "", strategy)
-            out.pairs.append(
-                _pair_row(result, strategy, chosen, rejected, margin, decided_by, base)
-            )
-            kept[strategy] += 1
+                label = _REVISED_BY.get(_revised_by(result) or "", strategy)
+            out.pairs.append(_pair_row(result, label, chosen, rejected, margin, decided_by, base))
+            kept[label] += 1
         reason = _sft_drop_reason(result, cfg)
         if reason is None:
             row = _sft_row(result, base)

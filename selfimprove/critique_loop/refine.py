@@ -95,17 +95,14 @@ def _repaired(state: CritiqueState, checks: Sequence[Check]) -> CritiqueState | 
     samples = [s for s in state.get("samples", []) if not repeats_itself(s)]
     current = [state["response"]] if _response_ended(state) else []
     current = [t for t in current if not repeats_itself(t)]
-    found: tuple[str, tuple[str, ...], str, bool] | None = None
-    for text in samples:
-        if passes(run_checks(checks, text)):
-            found = (text, (), "sample", True)
-            break
-    for text, from_sample in [*((t, False) for t in current), *((s, True) for s in samples)]:
-        if found is not None:
-            break
-        fix = repair_response(checks, text)
-        if fix is not None and fix.fixed:
-            found = (fix.text, fix.fixed, "repair", from_sample)
+    found: tuple[str, tuple[str, ...], str, bool] | None = next(
+        ((text, (), "sample", True) for text in samples if passes(run_checks(checks, text))), None)
+    if found is None:
+        for text, from_sample in [*((t, False) for t in current), *((s, True) for s in samples)]:
+            fix = repair_response(checks, text)
+            if fix is not None and fix.fixed:
+                found = (fix.text, fix.fixed, "repair", from_sample)
+                break
     if found is None:
         return None
     revision, fixed, reviser, from_sample = found
