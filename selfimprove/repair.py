@@ -77,16 +77,16 @@ def _groups(sentences: Sequence[str], n: int) -> list[str]:
     return out
 
 
-def _bullets(check: BulletCount, text: str) -> str | None:
+def _reflow(check: BulletCount | ParagraphCount, text: str) -> str | None:
+    """The sentences in as many bullet points or paragraphs as ``check`` asks for."""
     sentences = _sentences(text)
     n = _target(check.min, check.max, len(sentences))
-    return None if n is None else "\n".join(f"- {g}" for g in _groups(sentences, n))
-
-
-def _paragraphs(check: ParagraphCount, text: str) -> str | None:
-    sentences = _sentences(text)
-    n = _target(check.min, check.max, len(sentences))
-    return None if n is None else "\n\n".join(_groups(sentences, n))
+    if n is None:
+        return None
+    groups = _groups(sentences, n)
+    if isinstance(check, BulletCount):
+        return "\n".join(f"- {g}" for g in groups)
+    return "\n\n".join(groups)
 
 
 def _starts_with(check: StartsWith, text: str) -> str:
@@ -128,8 +128,8 @@ _Fix = Callable[[Check, str], "str | None"]
 
 #: repairs in the order they run: structure first, edges next, characters, wrapping last
 _FIXES: dict[str, _Fix] = {
-    "bullet_count": _bullets,  # type: ignore[dict-item]
-    "paragraph_count": _paragraphs,  # type: ignore[dict-item]
+    "bullet_count": _reflow,  # type: ignore[dict-item]
+    "paragraph_count": _reflow,  # type: ignore[dict-item]
     "starts_with": _starts_with,  # type: ignore[dict-item]
     "ends_with": _ends_with,  # type: ignore[dict-item]
     "no_commas": _no_commas,  # type: ignore[dict-item]

@@ -475,8 +475,8 @@ def _cpu_defaults(llm_kwargs: dict[str, Any]) -> dict[str, Any]:
     if (os.cpu_count() or 1) <= SMALL_CPU_CORES:
         # vLLM keeps a core for its front end, which leaves half of a 2-core machine out of
         # the model's compute (greedy on 16 prompts: 66.7 tok/s with the core kept, 84.0
-        # without). Read from the environment
-        # by the engine's processes, so it is set here, before they start.
+        # without). Read from the environment by the engine's processes, so it is set here,
+        # before they start.
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(out)
     if not sized and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):

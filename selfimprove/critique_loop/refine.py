@@ -93,8 +93,8 @@ def _repaired(state: CritiqueState, checks: Sequence[Check]) -> CritiqueState | 
     would still teach the loop.
     """
     samples = [s for s in state.get("samples", []) if not repeats_itself(s)]
-    current = [state["response"]] if _response_ended(state) else []
-    current = [t for t in current if not repeats_itself(t)]
+    ended = _response_ended(state) and not repeats_itself(state["response"])
+    current = [state["response"]] if ended else []
     found: tuple[str, tuple[str, ...], str, bool] | None = next(
         ((text, (), "sample", True) for text in samples if passes(run_checks(checks, text))), None)
     if found is None:
