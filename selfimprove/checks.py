@@ -43,6 +43,7 @@ __all__ = [
     "count_sentences",
     "count_words",
     "passes",
+    "required_phrases",
     "run_check",
     "run_checks",
 ]
@@ -623,3 +624,8 @@ def run_checks(
     """Run ``checks`` (or a constitution's checks) on ``text``, in order."""
     items = checks.checks if hasattr(checks, "checks") else checks
     return [run_check(c, text, regex_timeout=regex_timeout) for c in items]  # type: ignore[union-attr]
+
+
+def required_phrases(checks: Iterable[Check]) -> list[str]:
+    """The words the checks make a response use verbatim: its opening and closing words."""
+    return [c.value for c in checks if isinstance(c, StartsWith | EndsWith)]

@@ -8,7 +8,8 @@ run report can put them next to the win rate.
 Per response:
 
 - :func:`repeats_itself` — the same sentence twice, or a large share of repeated word 4-grams;
-- :func:`is_near_empty` — fewer than a handful of word-like tokens.
+- :func:`is_near_empty` — fewer than a handful of word-like tokens;
+- :func:`says_nothing_beyond` — near-empty once the words the prompt asked for are taken out.
 
 Aggregate: :func:`truncated` (share of ``finish_reason == "length"``) and
 :func:`degeneration_stats`.
@@ -35,6 +36,7 @@ __all__ = [
     "is_near_empty",
     "repeated_ngram_share",
     "repeats_itself",
+    "says_nothing_beyond",
     "truncated",
 ]
 
@@ -109,6 +111,21 @@ def is_near_empty(text: str, min_words: int = 3) -> bool:
     same way ``checks.count_words`` counts it.
     """
     return sum(1 for token in text.split() if any(c.isalnum() for c in token)) < min_words
+
+
+def says_nothing_beyond(text: str, phrases: Sequence[str], min_words: int = 1) -> bool:
+    """Fewer than ``min_words`` words (:func:`is_near_empty`) once every occurrence of
+    ``phrases`` is taken out (case-insensitive, their end punctuation ignored).
+
+    The phrases are the words a prompt told the answer to use, such as its required opening and
+    closing words: "The end." follows "End with 'The end.'" to the letter and answers nothing,
+    while "Paris. The end." does answer. Without phrases only an empty text says nothing.
+    """
+    for phrase in phrases:
+        core = phrase.strip().rstrip(".!?")
+        if core:
+            text = re.sub(re.escape(core), " ", text, flags=re.IGNORECASE)
+    return is_near_empty(text, min_words)
 
 
 def truncated(finish_reasons: Sequence[str]) -> float:

@@ -24,8 +24,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from selfimprove.checks import required_phrases
 from selfimprove.config import HarvestConfig
-from selfimprove.degeneration import repeats_itself
+from selfimprove.critique_loop.state import prompt_checks
+from selfimprove.degeneration import repeats_itself, says_nothing_beyond
 from selfimprove.store import content_hash
 from selfimprove.types import CheckResult, CritiqueResult, OrderJudgment, Verdict, passes
 
@@ -117,7 +119,15 @@ def _check_json(chosen: _Side, rejected: _Side, prompt_checks: list[dict]) -> st
                        "prompt_checks": prompt_checks}, sort_keys=True)
 
 
-def _guard(chosen: _Side, rejected: _Side, margin: float, cfg: HarvestConfig) -> None:
+def _says_nothing(text: str, result: CritiqueResult) -> bool:
+    """Near-empty once the prompt's required opening and closing words are taken out: "The
+    end." passes "end with 'The end.'" and teaches an empty answer."""
+    return says_nothing_beyond(text, required_phrases(prompt_checks(result.prompt_checks)))
+
+
+def _guard(
+    chosen: _Side, rejected: _Side, margin: float, cfg: HarvestConfig, result: CritiqueResult
+) -> None:
     """Filters shared by all strategies; raises :class:`_Drop`."""
     if not chosen.text.strip() or not rejected.text.strip():
         raise _Drop("empty")
@@ -130,6 +140,8 @@ def _guard(chosen: _Side, rejected: _Side, margin: float, cfg: HarvestConfig) ->
         # Measured on the main job: revisions that loop on a sentence pass every length
         # check, and training on them taught the policy to repeat itself.
         raise _Drop("chosen_repeats_itself")
+    if _says_nothing(chosen.text, result):
+        raise _Drop("chosen_says_nothing")
     if margin < cfg.min_margin:
         raise _Drop("below_margin")
     if cfg.max_length_ratio is not None:
@@ -281,15 +293,15 @@ def _sft_row(result: CritiqueResult, base: dict[str, Any]) -> dict[str, Any]:
 
 
 def _best_sample(result: CritiqueResult) -> str | None:
-    """The best sample that passes the checks and does not repeat itself (highest score, then
-    sample order); None when there is none."""
+    """The best sample that passes the checks, does not repeat itself and says more than the
+    prompt's required words (highest score, then sample order); None when there is none."""
     n = len(result.samples)
     scores = (list(result.sample_scores) + [None] * n)[:n]
     passed = (list(result.sample_checks_passed) + [False] * n)[:n]
     good = [
         (score if score is not None else 0.0, -i, text)
         for i, (text, score, ok) in enumerate(zip(result.samples, scores, passed, strict=True))
-        if ok and text.strip() and not repeats_itself(text)
+        if ok and text.strip() and not repeats_itself(text) and not _says_nothing(text, result)
     ]
     return max(good)[2] if good else None
 
@@ -317,6 +329,8 @@ def _sft_drop_reason(result: CritiqueResult, cfg: HarvestConfig) -> str | None:
         return "truncated_sft"
     if repeats_itself(result.final_response):
         return "repetitive_sft"
+    if _says_nothing(result.final_response, result):
+        return "says_nothing_sft"
     if cfg.sft_requires_checks and not result.final_passes:
         return "checks_failed_sft"
     return None
@@ -344,7 +358,7 @@ def harvest(
         for strategy in dict.fromkeys(cfg.strategies):
             try:
                 chosen, rejected, margin, decided_by = builders[strategy](result, cfg)
-                _guard(chosen, rejected, margin, cfg)
+                _guard(chosen, rejected, margin, cfg, result)
             except _Drop as drop:
                 dropped[drop.reason] += 1
                 continue

@@ -116,7 +116,11 @@ def _quoted(_check: Quoted, text: str) -> str:
     return f'"{text.strip()}"'
 
 
-def _json_object(_check: JsonObject, text: str) -> str:
+def _json_object(_check: JsonObject, text: str) -> str | None:
+    # An answer with braces or a code fence tried to write JSON and failed: wrapping its broken
+    # attempt in a string teaches nonsense. Prose becomes the object's one value.
+    if "{" in text or "```" in text:
+        return None
     return json.dumps({"summary": text.strip()}, ensure_ascii=False)
 
 

@@ -458,3 +458,16 @@ async def test_a_failed_check_without_a_fix_goes_to_the_reviser_model(constituti
     (rnd,) = state["rounds"]
     assert rnd.reviser == "model" and state["response"] == "model revision"
     assert any("Revision request" in text for text in seen)
+
+
+async def test_a_candidate_of_only_the_required_words_is_no_revision(constitution):
+    closing = [{"kind": "ends_with", "value": "The end.", "id": "end"}]
+    # the sample passes as it is but says nothing: the current answer gets the closing words
+    state, _ = await run_repair(constitution, "Bees make honey", "The end.", checks=closing)
+    (rnd,) = state["rounds"]
+    assert state["response"] == "Bees make honey. The end."
+    assert (rnd.reviser, rnd.from_sample) == ("repair", False)
+    # nothing with content to fix: the reviser model is asked instead
+    state, seen = await run_repair(constitution, "The END", "the end", checks=closing)
+    assert state["rounds"][0].reviser == "model"
+    assert any("Revision request" in text for text in seen)

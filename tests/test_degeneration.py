@@ -196,3 +196,17 @@ def test_stats_are_frozen_and_serialise():
     with pytest.raises(ValidationError):
         stats.n = 3
     assert DegenerationStats.model_validate_json(stats.model_dump_json()) == stats
+
+
+def test_says_nothing_beyond_the_required_words():
+    from selfimprove.degeneration import says_nothing_beyond
+
+    assert says_nothing_beyond("The end.", ["The end."])
+    assert says_nothing_beyond('"Let me explain."', ["Let me explain"])
+    assert says_nothing_beyond("LET ME EXPLAIN: ... That is all!", ["Let me explain", "That is all."])
+    # one word of its own is an answer ("Paris." to a capital-city question)
+    assert not says_nothing_beyond("Paris. The end.", ["The end."])
+    assert not says_nothing_beyond("Let me explain: bees make honey. That is all.",
+                                   ["Let me explain", "That is all."])
+    assert not says_nothing_beyond("Bees make honey.", [])
+    assert says_nothing_beyond("", [])

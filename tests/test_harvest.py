@@ -402,3 +402,20 @@ def test_rows_say_who_revised(reviser, strategy):
     if reviser != "model":
         want[f"sft_{strategy}"] = 1
     assert out.kept == want
+
+
+def test_an_answer_of_only_the_required_words_is_no_row():
+    """ "The end." passes "end with 'The end.'" and answers nothing: neither chosen nor SFT."""
+    closing = [{"kind": "ends_with", "value": "The end."}]
+    empty = result(final="The end.", first_checks=[check(False)], prompt_checks=closing,
+                   samples=["the END", "Tides follow the moon. The end.", "Tides."],
+                   sample_checks_passed=[True, True, False])
+    out = run([empty], strategies=["revision", "best_of_n"])
+    assert [p["strategy"] for p in out.pairs] == ["best_of_n"]
+    assert out.dropped["chosen_says_nothing"] == 1 and out.dropped["says_nothing_sft"] == 1
+    # the fallback SFT row is the sample with content, never the bare closing words
+    (row,) = out.sft
+    assert text(row["messages"][-1:]) == "Tides follow the moon. The end."
+    # the same words with content around them are a row
+    kept = run([result(final="Sunlight scatters blue light. The end.", prompt_checks=closing)])
+    assert len(kept.sft) == 1 and "says_nothing_sft" not in kept.dropped

@@ -99,3 +99,9 @@ def test_soft_failures_are_not_repaired_and_empty_text_never_is():
     out = fix([{"kind": "lowercase", "hard": False}], "Loud")
     assert out is not None and out.text == "Loud" and out.fixed == ()
     assert fix([{"kind": "quoted"}], "  \n") is None
+
+
+def test_a_failed_json_attempt_is_not_wrapped_as_a_string():
+    # braces or a fence mean the model tried JSON: a "summary" around its debris is no answer
+    assert fix([{"kind": "json_object"}], '{"name": "tea", "steps": [1, 2') is None
+    assert fix([{"kind": "json_object"}], "```json\n{'a': 1}\n```") is None

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 from langgraph.runtime import Runtime
 
-from selfimprove.checks import Check, run_checks
+from selfimprove.checks import Check, required_phrases, run_checks
 from selfimprove.critique_loop.state import CritiqueContext, CritiqueState
 from selfimprove.critique_loop.text import failed_checks_text, prompt_seed
-from selfimprove.degeneration import repeats_itself
+from selfimprove.degeneration import repeats_itself, says_nothing_beyond
 from selfimprove.prompts import user
 from selfimprove.repair import repair_response
 from selfimprove.types import Completion, RoundRecord, passes
@@ -89,18 +89,24 @@ def _repaired(state: CritiqueState, checks: Sequence[Check]) -> CritiqueState | 
 
     In order: the first extra sample that passes as it is (samples all ended on their own);
     the current response, if it ended, with its failed checks fixed; the first sample whose
-    failed checks can be fixed. A candidate that repeats itself is skipped: a fixed format
-    would still teach the loop.
+    failed checks can be fixed. A candidate that repeats itself is skipped (a fixed format
+    would still teach the loop), and so is a result that says nothing beyond the words the
+    prompt asked for ("The end." for "end with 'The end.'").
     """
-    samples = [s for s in state.get("samples", []) if not repeats_itself(s)]
-    ended = _response_ended(state) and not repeats_itself(state["response"])
-    current = [state["response"]] if ended else []
+    phrases = required_phrases(checks)
+
+    def usable(text: str) -> bool:
+        return not repeats_itself(text) and not says_nothing_beyond(text, phrases)
+
+    samples = list(state.get("samples", []))
+    current = [state["response"]] if _response_ended(state) else []
     found: tuple[str, tuple[str, ...], str, bool] | None = next(
-        ((text, (), "sample", True) for text in samples if passes(run_checks(checks, text))), None)
+        ((text, (), "sample", True) for text in samples
+         if usable(text) and passes(run_checks(checks, text))), None)
     if found is None:
         for text, from_sample in [*((t, False) for t in current), *((s, True) for s in samples)]:
             fix = repair_response(checks, text)
-            if fix is not None and fix.fixed:
+            if fix is not None and fix.fixed and usable(fix.text):
                 found = (fix.text, fix.fixed, "repair", from_sample)
                 break
     if found is None:
