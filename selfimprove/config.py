@@ -40,6 +40,12 @@ class HarvestConfig(BaseModel):
         description="drop pairs whose chosen side has more than this many times the words "
         "of the rejected side (guards against a judge's length bias)",
     )
+    min_length_ratio: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="drop pairs whose chosen side has fewer than this many times the words "
+        "of the rejected side (guards DPO against learning that shorter wins)",
+    )
     sft_requires_checks: bool = True
     score_scale: float = Field(
         default=5.0,

@@ -144,10 +144,11 @@ def _guard(
         raise _Drop("chosen_says_nothing")
     if margin < cfg.min_margin:
         raise _Drop("below_margin")
-    if cfg.max_length_ratio is not None:
-        ratio = _words(chosen.text) / max(_words(rejected.text), 1)
-        if ratio > cfg.max_length_ratio:
-            raise _Drop("length_guard")
+    ratio = _words(chosen.text) / max(_words(rejected.text), 1)
+    if cfg.max_length_ratio is not None and ratio > cfg.max_length_ratio:
+        raise _Drop("length_guard")
+    if cfg.min_length_ratio is not None and ratio < cfg.min_length_ratio:
+        raise _Drop("shorter_chosen")
 
 
 def _revision_pair(result: CritiqueResult, cfg: HarvestConfig) -> tuple[_Side, _Side, float, str]:

@@ -203,10 +203,10 @@ def test_says_nothing_beyond_the_required_words():
 
     assert says_nothing_beyond("The end.", ["The end."])
     assert says_nothing_beyond('"Let me explain."', ["Let me explain"])
-    assert says_nothing_beyond("LET ME EXPLAIN: ... That is all!", ["Let me explain", "That is all."])
+    both = ["Let me explain", "That is all."]
+    assert says_nothing_beyond("LET ME EXPLAIN: ... That is all!", both)
     # one word of its own is an answer ("Paris." to a capital-city question)
     assert not says_nothing_beyond("Paris. The end.", ["The end."])
-    assert not says_nothing_beyond("Let me explain: bees make honey. That is all.",
-                                   ["Let me explain", "That is all."])
+    assert not says_nothing_beyond("Let me explain: bees make honey. That is all.", both)
     assert not says_nothing_beyond("Bees make honey.", [])
     assert says_nothing_beyond("", [])

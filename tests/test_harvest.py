@@ -152,6 +152,14 @@ def test_length_guard_on_chosen_side():
     assert len(run([result()], max_length_ratio=1.0).pairs) == 1
 
 
+def test_shorter_chosen_guard_keeps_the_sft_row():
+    # FINAL has 8 words against FIRST's 15: a ratio of 0.53
+    out = run([result()], min_length_ratio=0.8)
+    assert out.pairs == [] and out.dropped == {"shorter_chosen": 1}
+    assert len(out.sft) == 1  # the revision is still a fine SFT example
+    assert len(run([result()], min_length_ratio=0.5).pairs) == 1
+
+
 def test_identical_and_no_revision():
     same = result(final=FIRST.replace(" ", "  ") + "\n")
     unrevised = result(final=FIRST, revised=False)
