@@ -246,6 +246,19 @@ def test_shipped_constitution_and_example_config() -> None:
     assert cfg.critique.critic == "checks"
 
 
+def test_the_instruction_jobs_dpo_settings_reach_trl(tmp_path: Path) -> None:
+    """RPO and LD-DPO are TRL options: the config must build a DPOConfig that carries them."""
+    from trl import DPOConfig
+
+    from selfimprove.config import RunConfig, load_config
+    from selfimprove.training.common import trl_args
+
+    cfg = load_config(ROOT / "examples" / "configs" / "instructions-cpu.yaml", RunConfig)
+    assert cfg.schedule.methods == ["dpo"]
+    built = DPOConfig(**trl_args(cfg.dpo, tmp_path, progress=False))
+    assert (built.loss_type, built.ld_alpha) == (["sigmoid", "sft"], 0.5)
+
+
 # --- the command -------------------------------------------------------------------------
 
 
