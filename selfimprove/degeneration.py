@@ -9,7 +9,7 @@ Per response:
 
 - :func:`repeats_itself` — the same sentence twice, or a large share of repeated word 4-grams;
 - :func:`is_near_empty` — fewer than a handful of word-like tokens;
-- :func:`says_nothing_beyond` — near-empty once the words the prompt asked for are taken out.
+- :func:`says_nothing_beyond` — no word left once the words the prompt asked for are taken out.
 
 Aggregate: :func:`truncated` (share of ``finish_reason == "length"``) and
 :func:`degeneration_stats`.

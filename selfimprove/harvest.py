@@ -120,7 +120,7 @@ def _check_json(chosen: _Side, rejected: _Side, prompt_checks: list[dict]) -> st
 
 
 def _says_nothing(text: str, result: CritiqueResult) -> bool:
-    """Near-empty once the prompt's required opening and closing words are taken out: "The
+    """No word left once the prompt's required opening and closing words are taken out: "The
     end." passes "end with 'The end.'" and teaches an empty answer."""
     return says_nothing_beyond(text, required_phrases(prompt_checks(result.prompt_checks)))
 
