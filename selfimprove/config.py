@@ -341,6 +341,12 @@ class RunConfig(Strict):
     heldout_fraction: float = Field(default=0.3, gt=0, lt=1)
     durable: bool = Field(default=True, description="checkpoint every step synchronously")
     prompts: PromptSource = PromptSource()
+    transfer_prompts: list[str] = Field(
+        default_factory=list,
+        description="prompt sets training never sees (packaged names or JSONL/text files, "
+        "prompts may carry checks): after the cycles, v0 and each arm's current version "
+        "answer them, and the report shows whether what was trained carried over",
+    )
     critique: CritiqueConfig = CritiqueConfig()
     harvest: HarvestConfig = HarvestConfig()
     schedule: Schedule = Schedule()

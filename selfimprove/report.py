@@ -383,6 +383,48 @@ def _versions(cycles: Sequence[CycleRecord], baseline: PolicyEval | None) -> lis
     return lines
 
 
+def _transfer_lines(run: RunDir) -> list[str]:
+    """Each transfer set (prompts of kinds training never saw): v0 and each arm's current
+    version, and whether the arms' versions pass fewer of its prompts than v0."""
+    arms = [("loop", run.transfer_sets())]
+    if run.control.holds_run():
+        arms.append(("control", run.control.transfer_sets()))
+    names = sorted({name for _, sets in arms for name in sets})
+    if not names:
+        return []
+    lines = ["", "## Prompt sets training never saw", "",
+             "Prompts of kinds or topics no training prompt had (`transfer_prompts`), answered "
+             "by v0 and each arm's current version after the cycles, with their own checks."]
+    for name in names:
+        labelled: dict[str, PolicyEval] = {}
+        for arm, sets in arms:
+            for e in sets.get(name, []):
+                label = "v0" if e.version == "v0" else f"{arm}: {e.version}"
+                labelled.setdefault(label, e)
+        rows = [[label, *row[1:-1]] for label, row in
+                zip(labelled, _version_rows(list(labelled.values())), strict=True)]
+        lines += ["", f"### {name}", "", *_table(["version", *_VERSION_HEADER[1:-1]], rows)]
+        kinds = sorted({k for e in labelled.values() for k in e.kind_pass_rates})
+        if kinds:
+            lines += ["", "Pass rate of each check kind:", ""]
+            lines += _table(["version", *kinds], (
+                [label, *(_num(e.kind_pass_rates.get(k)) for k in kinds)]
+                for label, e in labelled.items()
+            ))
+        v0 = labelled.get("v0")
+        if v0 is not None:
+            base = sum(v0.passes_checks)
+            lines.append("")
+            for label, e in labelled.items():
+                if label == "v0":
+                    continue
+                passed = sum(e.passes_checks)
+                moved = "fell" if passed < base else "rose" if passed > base else "held"
+                lines.append(f"- {label} passes every check on {passed} of {e.n_prompts} "
+                             f"prompts, v0 on {base}: {moved}.")
+    return lines
+
+
 def _judge_lines(cycles: Sequence[CycleRecord]) -> list[str]:
     lines = []
     for rec in cycles:
@@ -491,6 +533,7 @@ def _markdown(run: RunDir, cycles, baseline, summary: Mapping[str, Any], plots, 
     if notes:
         lines += ["", "Not measured:", "", *notes]
     lines += ["", "## Every evaluated version (held-out prompts)", "", *_versions(cycles, baseline)]
+    lines += _transfer_lines(run)
     lines += ["", "## Judge reliability (gate)", "", *_judge_lines(cycles)]
     lines += _control_lines(run, cycles, baseline)
     lines += ["", "## Plots", ""]

@@ -34,6 +34,7 @@ from selfimprove.gate import GateResult
 __all__ = ["CycleRecord", "RunDir", "RunDirError", "RunStatus"]
 
 _CYCLE_FILE = re.compile(r"^cycle-(\d+)\.json$")
+_VERSION_FILE = re.compile(r"^v(\d+)\.json$")
 
 
 class RunDirError(SelfImproveError):
@@ -83,6 +84,7 @@ class RunDir:
     REPORT = "report.md"
     PLOTS = "plots"
     EVALS = "evals"
+    TRANSFER = "transfer"
     CYCLES = "cycles"
     CONTROL = "control"
 
@@ -119,6 +121,10 @@ class RunDir:
 
     def gate_path(self, candidate: str) -> Path:
         return self.path / self.EVALS / f"{candidate}-gate.json"
+
+    def transfer_path(self, name: str, version: str) -> Path:
+        """A version's evaluation on the transfer prompt set ``name``."""
+        return self.path / self.EVALS / self.TRANSFER / name / f"{version}.json"
 
     def cycle_path(self, cycle: int) -> Path:
         """The record of 1-based ``cycle``."""
@@ -181,6 +187,28 @@ class RunDir:
 
     def save_gate(self, candidate: str, result: GateResult) -> None:
         write_json(self.gate_path(candidate), result.model_dump(mode="json"))
+
+    def load_transfer(self, name: str, version: str) -> PolicyEval | None:
+        path = self.transfer_path(name, version)
+        data = self._read(path)
+        return None if data is None else self._validate(PolicyEval, data, path)
+
+    def save_transfer(self, name: str, evaluation: PolicyEval) -> None:
+        write_json(self.transfer_path(name, evaluation.version),
+                   evaluation.model_dump(mode="json"))
+
+    def transfer_sets(self) -> dict[str, list[PolicyEval]]:
+        """Every transfer set's saved evaluations, by set name, versions in order."""
+        folder = self.path / self.EVALS / self.TRANSFER
+        if not folder.is_dir():
+            return {}
+        sets: dict[str, list[PolicyEval]] = {}
+        for directory in sorted(p for p in folder.iterdir() if p.is_dir()):
+            numbered = sorted((int(m.group(1)), p.stem) for p in directory.glob("v*.json")
+                              if (m := _VERSION_FILE.match(p.name)))
+            evals = [self.load_transfer(directory.name, version) for _, version in numbered]
+            sets[directory.name] = [e for e in evals if e is not None]
+        return {name: evals for name, evals in sets.items() if evals}
 
     def baseline(self) -> PolicyEval | None:
         """The base policy's evaluation (every run starts from v0)."""

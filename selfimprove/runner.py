@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from selfimprove.roles import Roles
 from selfimprove.rundir import RunDir
 from selfimprove.sources import PromptRecord
 from selfimprove.store import is_heldout, seed_salt
+from selfimprove.transfer import evaluate_transfer, load_transfer_sets
 
 __all__ = ["arun", "build_context", "create_run", "load_run_config", "prepare", "run", "run_cycles"]
 
@@ -31,25 +32,36 @@ THREAD = {"configurable": {"thread_id": "improvement-cycle"}}
 
 
 def resolve_prompt_path(cfg: RunConfig, config_path: Path | None) -> RunConfig:
-    """Make a relative prompt path absolute: relative to the working directory if it exists
-    there, else to the config file's directory; a bare name of packaged prompts stays."""
+    """Make relative prompt paths (``prompts.path``, ``transfer_prompts``) absolute: relative
+    to the working directory if they exist there, else to the config file's directory; a bare
+    name of packaged prompts stays."""
+    update: dict[str, Any] = {}
+    if cfg.prompts.path is not None:
+        path = _resolve(cfg.prompts.path, config_path, "prompts.path")
+        update["prompts"] = cfg.prompts.model_copy(update={"path": path})
+    update["transfer_prompts"] = [
+        _resolve(p, config_path, f"transfer_prompts.{i}")
+        for i, p in enumerate(cfg.transfer_prompts)
+    ]
+    return cfg.model_copy(update=update)
+
+
+def _resolve(path: str, config_path: Path | None, field: str) -> str:
     from selfimprove.sources import packaged_prompts
 
-    path = cfg.prompts.path
-    if path is None or Path(path).is_absolute():
-        return cfg
+    if Path(path).is_absolute():
+        return path
     candidates = [Path(path)]
     if config_path is not None:
         candidates.append(config_path.parent / path)
     found = next((p for p in candidates if p.exists()), None)
-    if found is None:
-        if packaged_prompts(path) is not None:
-            return cfg
-        tried = ", ".join(str(p.resolve()) for p in candidates)
-        raise ConfigError(config_path or "<config>", f"prompt file not found (tried {tried})",
-                          field="prompts.path")
-    prompts = cfg.prompts.model_copy(update={"path": str(found.resolve())})
-    return cfg.model_copy(update={"prompts": prompts})
+    if found is not None:
+        return str(found.resolve())
+    if packaged_prompts(path) is not None:
+        return path
+    tried = ", ".join(str(p.resolve()) for p in candidates)
+    raise ConfigError(config_path or "<config>", f"prompt file not found (tried {tried})",
+                      field=field)
 
 
 def load_run_config(run: RunDir) -> RunConfig:
@@ -76,6 +88,7 @@ class Prepared:
     constitution: Constitution
     train_prompts: list[PromptRecord]
     heldout_prompts: list[PromptRecord]
+    transfer: dict[str, list[PromptRecord]] = field(default_factory=dict)
 
 
 def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
@@ -110,7 +123,8 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
     if backend is not None and backend.kind != "openai":
         # A missing local model or package fails here, not after the run directory exists.
         embedded_gguf() if backend.model == EMBEDDED_NAME else resolve_model(backend.model)
-    return Prepared(cfg, constitution, train, heldout)
+    transfer = load_transfer_sets(cfg.transfer_prompts, train, where)
+    return Prepared(cfg, constitution, train, heldout, transfer)
 
 
 def _summary(prepared: Prepared) -> dict[str, Any]:
@@ -280,12 +294,18 @@ async def arun(
                                     progress=progress, arm=arm)
                 where.set_status("running")
                 state = await run_cycles(ctx, resume=resume or where is not run_)
+                await evaluate_transfer(
+                    where, prepared.transfer, shared.policy, prepared.constitution,
+                    cfg.gate.sampling, reference=None if where is run_ else run_, progress=say,
+                )
                 where.set_status("finished")
                 final = final or state
-            if len(arms) > 1:
+            if len(arms) > 1 or prepared.transfer:
                 from selfimprove.report import write_report
 
-                write_report(run_)  # the loop's report, now with the control beside it
+                # the control's report with its transfer sets, then the loop's with everything
+                for _, where in reversed(arms):
+                    write_report(where)
         finally:
             if roles is None:
                 await shared.aclose()

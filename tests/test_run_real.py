@@ -12,6 +12,7 @@ import time
 import pytest
 
 from selfimprove.registry import PolicyRegistry
+from selfimprove.rundir import RunDir
 from selfimprove.store import PreferenceStore
 
 pytestmark = pytest.mark.slow
@@ -22,6 +23,7 @@ cycles: 1
 batch_size: 4
 heldout_fraction: 0.5
 prompts: {path: PROMPTS}
+transfer_prompts: [TRANSFER]
 critique:
   constitution: concise
   max_rounds: 1
@@ -37,6 +39,9 @@ sft: {method: sft, max_steps: 2, per_device_train_batch_size: 2, gradient_accumu
 gate: {num_prompts: 3, sampling: {max_new_tokens: 24}}
 """
 
+# Unseen prompts that bring their own checks, answered after the cycle.
+UNSEEN = [{"prompt": "Name a colour. Answer in lowercase.", "checks": [{"kind": "lowercase"}]},
+          {"prompt": "Say hello.", "checks": [{"kind": "max_words", "value": 20}]}]
 PROMPTS = ["What is rain?", "Name a fruit.", "What is a cat?", "Why is grass green?",
            "What is bread?", "How do fish breathe?", "What is snow?", "What is a tree?"]
 
@@ -51,7 +56,9 @@ def test_run_killed_and_resumed_on_embedded_model(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     config = tmp_path / "run.yaml"
-    config.write_text(CONFIG.replace("PROMPTS", str(prompts)))
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text("".join(json.dumps(r) + "\n" for r in UNSEEN))
+    config.write_text(CONFIG.replace("PROMPTS", str(prompts)).replace("TRANSFER", str(unseen)))
     run_dir = tmp_path / "run"
 
     proc = cli("run", "--config", str(config), "--run-dir", str(run_dir))
@@ -87,3 +94,21 @@ def test_run_killed_and_resumed_on_embedded_model(tmp_path):
     assert record["decision"] in report and "v1" in report
     plots = list((run_dir / "plots").glob("*.png"))
     assert plots and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+
+    # the unseen prompts, answered by v0 and the current version after the cycle
+    current = reg.current_version()
+    saved = RunDir(run_dir).transfer_sets()["unseen"]
+    assert [e.version for e in saved] == list(dict.fromkeys(["v0", current]))
+    assert all(e.n_prompts == 2 and set(e.kind_pass_rates) >= {"lowercase", "max_words"}
+               for e in saved)
+    assert "### unseen" in report
+
+    # a finished run evaluated on another set later, kept beside the first
+    later = tmp_path / "later.jsonl"
+    later.write_text(json.dumps({"prompt": "Name a month.",
+                                 "checks": [{"kind": "ends_with", "value": "."}]}) + "\n")
+    evaluated = cli("eval", str(run_dir), "--prompts", str(later), "--versions", "v0", "--save")
+    out, _ = evaluated.communicate(timeout=600)
+    assert evaluated.returncode == 0, out.decode()[-3000:]
+    assert RunDir(run_dir).load_transfer("later", "v0").prompts == ["Name a month."]
+    assert "### later" in (run_dir / "report.md").read_text()

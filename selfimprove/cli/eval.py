@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default: the run's held-out prompts")
     p.add_argument("--limit", type=int, help="at most this many prompts (key: gate.num_prompts)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--save", action="store_true",
+                   help="with --prompts: keep the results as a transfer set of the run "
+                   "(RUN_DIR/evals/transfer/) and rewrite its report; the prompts must not be "
+                   "training prompts of the run")
     p.set_defaults(func=run_eval)
 
 
@@ -53,28 +57,49 @@ def run_eval(args: argparse.Namespace) -> int:
     from selfimprove.rundir import RunDir
     from selfimprove.runner import load_run_config, prepare
     from selfimprove.sources import load_prompt_records
+    from selfimprove.transfer import load_transfer_sets, transfer_set_name
 
     run = RunDir(args.run_dir)
     cfg = load_run_config(run)
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit", f"must be at least 1, got {args.limit}")
+    if args.save and not args.prompts:
+        raise ConfigError("--save", "needs --prompts: the run's held-out prompts are in its "
+                          "report already")
     if args.prompts:
         prompts = load_prompt_records(args.prompts)
         source = str(args.prompts)
     else:
-        prepared = prepare(cfg, run.config_path)
-        prompts = prepared.heldout_prompts
+        prompts = prepare(cfg, run.config_path).heldout_prompts
         source = "held-out prompts of the run"
     prompts = prompts[: args.limit or cfg.gate.num_prompts]
+    if args.save:
+        train = prepare(cfg, run.config_path).train_prompts
+        load_transfer_sets([args.prompts], train, "--prompts", field=None)
     registry = PolicyRegistry(run.path)
     versions = _versions(args.versions, registry)
     evals = asyncio.run(_evaluate(cfg, registry, versions, prompts))
+    if args.save:
+        _save(run, transfer_set_name(args.prompts), evals)
     if args.json:
         print(json.dumps({"source": source, "prompts": len(prompts),
                           "versions": [_summary(e) for e in evals]}, indent=2))
     else:
         _print_table(evals, source)
     return 0
+
+
+def _save(run, name: str, evals) -> None:
+    """Keep ``evals`` as transfer set ``name`` and rewrite the reports that show it."""
+    from selfimprove.report import write_report
+    from selfimprove.rundir import RunDir
+
+    for e in evals:
+        run.save_transfer(name, e)
+    write_report(run)
+    parent = RunDir(run.path.resolve().parent)
+    if run.path.name == RunDir.CONTROL and parent.holds_run():
+        write_report(parent)  # the loop's report shows its control arm's sets too
 
 
 async def _evaluate(cfg, registry, versions, prompts):
