@@ -103,12 +103,15 @@ def test_run_killed_and_resumed_on_embedded_model(tmp_path):
                for e in saved)
     assert "### unseen" in report
 
-    # a finished run evaluated on another set later, kept beside the first
+    # a finished run evaluated on another set later, kept whole (more prompts than the gate's
+    # 3) beside the first
     later = tmp_path / "later.jsonl"
-    later.write_text(json.dumps({"prompt": "Name a month.",
-                                 "checks": [{"kind": "ends_with", "value": "."}]}) + "\n")
+    asked = ["Name a month.", "Name a river.", "Name a bird.", "Name a tool."]
+    later.write_text("".join(json.dumps({"prompt": p, "checks": [{"kind": "ends_with",
+                                                                  "value": "."}]}) + "\n"
+                             for p in asked))
     evaluated = cli("eval", str(run_dir), "--prompts", str(later), "--versions", "v0", "--save")
     out, _ = evaluated.communicate(timeout=600)
     assert evaluated.returncode == 0, out.decode()[-3000:]
-    assert RunDir(run_dir).load_transfer("later", "v0").prompts == ["Name a month."]
+    assert RunDir(run_dir).load_transfer("later", "v0").prompts == asked
     assert "### later" in (run_dir / "report.md").read_text()

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated versions (v0, v3, current, all; default v0,current)")
     p.add_argument("--prompts", help="a prompt file (JSONL or text) or a packaged prompt set; "
                    "default: the run's held-out prompts")
-    p.add_argument("--limit", type=int, help="at most this many prompts (key: gate.num_prompts)")
+    p.add_argument("--limit", type=int, help="at most this many prompts (default: the gate's "
+                   "num_prompts; with --save: all)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--save", action="store_true",
                    help="with --prompts: keep the results as a transfer set of the run "
@@ -72,7 +73,8 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         prompts = prepare(cfg, run.config_path).heldout_prompts
         source = "held-out prompts of the run"
-    prompts = prompts[: args.limit or cfg.gate.num_prompts]
+    # a transfer set is kept whole, as the run evaluates it; else as many as the gate uses
+    prompts = prompts[: args.limit or (None if args.save else cfg.gate.num_prompts)]
     if args.save:
         train = prepare(cfg, run.config_path).train_prompts
         load_transfer_sets([args.prompts], train, "--prompts", field=None)
