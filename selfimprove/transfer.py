@@ -68,11 +68,10 @@ async def evaluate_transfer(
     constitution: Constitution,
     sampling: SamplingParams,
     *,
-    versions: Sequence[str] | None = None,
     reference: RunDir | None = None,
     progress: Callable[[str, str], None] = lambda stage, msg: None,
 ) -> None:
-    """Evaluate ``versions`` (default: v0 and the arm's current version) on every set and save
+    """Evaluate v0 and the arm's current version on every set and save
     the results in ``run``. A result already saved for the same prompts is kept (a resumed run
     does not evaluate twice); ``reference`` is a run on the same base model whose v0 results
     hold here too (the loop arm's, for the control arm)."""
@@ -80,7 +79,7 @@ async def evaluate_transfer(
     from selfimprove.registry import PolicyRegistry
 
     registry = PolicyRegistry(run.path)
-    wanted = list(dict.fromkeys(versions or ["v0", registry.current_version()]))
+    wanted = list(dict.fromkeys(["v0", registry.current_version()]))
     for name, records in sets.items():
         texts = [r.prompt for r in records]
         for version in wanted:

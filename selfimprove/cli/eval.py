@@ -67,7 +67,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.save and not args.prompts:
         raise ConfigError("--save", "needs --prompts: the run's held-out prompts are in its "
                           "report already")
-    if args.prompts:
+    if args.prompts and args.save:
+        # loaded once, and refused if it holds a training prompt of the run
+        train = prepare(cfg, run.config_path).train_prompts
+        (prompts,) = load_transfer_sets([args.prompts], train, "--prompts", field=None).values()
+        source = str(args.prompts)
+    elif args.prompts:
         prompts = load_prompt_records(args.prompts)
         source = str(args.prompts)
     else:
@@ -75,9 +80,6 @@ def run_eval(args: argparse.Namespace) -> int:
         source = "held-out prompts of the run"
     # a transfer set is kept whole, as the run evaluates it; else as many as the gate uses
     prompts = prompts[: args.limit or (None if args.save else cfg.gate.num_prompts)]
-    if args.save:
-        train = prepare(cfg, run.config_path).train_prompts
-        load_transfer_sets([args.prompts], train, "--prompts", field=None)
     registry = PolicyRegistry(run.path)
     versions = _versions(args.versions, registry)
     evals = asyncio.run(_evaluate(cfg, registry, versions, prompts))
