@@ -276,6 +276,11 @@ class Schedule(Strict):
     every_cycles: int = Field(default=1, ge=1)
     min_new_pairs: int = Field(default=8, ge=1)
     methods: list[Literal["dpo", "sft"]] = Field(default_factory=lambda: ["dpo"], min_length=1)
+    train_from: Literal["current", "base"] = Field(
+        default="current",
+        description="the version each candidate is trained from: the current policy, or the "
+        "base model v0 every time (on all data so far; no drift adds up across promotions)",
+    )
 
 
 class LaunchConfig(Strict):

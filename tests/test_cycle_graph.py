@@ -70,6 +70,18 @@ def test_schedule_every_two_cycles(tmp_path):
     ]
 
 
+def test_train_from_base_trains_every_candidate_from_v0(tmp_path):
+    cfg = load_cfg(write_inputs(tmp_path))
+    schedule = cfg.schedule.model_copy(update={"train_from": "base"})
+    run_dir, state, _ = run_scripted(tmp_path, schedule=schedule)
+    assert [r["current"] for r in state["records"]] == ["v1", "v1", "v1"]
+    reg = PolicyRegistry(run_dir)
+    # v1 is promoted, yet v2 and v3 start from the base again, on the one shard so far (cycles
+    # 2 and 3 kept no pairs); trained from the current version they would name v1
+    assert [reg.record(v).parent for v in ("v1", "v2", "v3")] == ["v0", "v0", "v0"]
+    assert [d.name for d in reg.record("v3").data] == ["cycle-0001.parquet"]
+
+
 def test_held_out_prompts_never_reach_the_store(tmp_path):
     run_dir, _, _ = run_scripted(tmp_path)
     store = PreferenceStore(run_dir)

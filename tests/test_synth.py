@@ -237,7 +237,8 @@ def test_shipped_constitution_and_example_config() -> None:
     from selfimprove.constitution import load_constitution
 
     c = load_constitution("instructions")
-    assert c.checks == []  # no length bound of its own: results cannot come from truncation
+    # no upper length bound of its own (results cannot come from truncation), only a floor
+    assert [(k.kind, k.value) for k in c.checks] == [("min_words", 8)]
     assert "instruction" in c.judge.pairwise
     cfg = load_config(ROOT / "examples" / "configs" / "instructions-cpu.yaml", RunConfig)
     assert (cfg.critique.constitution, cfg.prompts.path) == ("instructions", "instructions")

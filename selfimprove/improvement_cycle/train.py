@@ -92,7 +92,8 @@ async def train(state: CycleState, runtime: Runtime[CycleContext]) -> CycleState
     ctx = runtime.context
     c = state["cycle"] + 1
     seconds = dict(state.get("stage_seconds", {}))
-    parent = ctx.registry.current()
+    parent = ctx.registry.current() if ctx.cfg.schedule.train_from == "current" \
+        else ctx.registry.get("v0")
     metrics: dict = {}
     with timed(seconds, "training"):
         for method in ctx.cfg.schedule.methods:
@@ -110,7 +111,7 @@ async def train(state: CycleState, runtime: Runtime[CycleContext]) -> CycleState
             metrics |= {f"{method}/{k}": v for k, v in m.items()}
             metrics[f"{method}/version"] = version
             parent = ctx.registry.get(version)
-    if parent.version == ctx.registry.current_version():
+    if parent.version in (ctx.registry.current_version(), "v0"):
         return {"candidate": None, "stage_seconds": seconds, "decision": "skipped",
                 "reasons": ["no training data yet"]}
     steps = metrics.get("dpo/steps", metrics.get("sft/steps"))
