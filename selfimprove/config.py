@@ -75,7 +75,8 @@ class GateConfig(BaseModel):
         default=0.25, ge=0.0, description="mean words, candidate / incumbent, at least"
     )
     max_retention_increase: float | None = Field(
-        default=0.05, gt=-1.0, description="relative increase of the retention NLL, at most"
+        default=0.05, gt=-1.0, description="relative increase of the retention NLL, at most, "
+        "over the lower of the incumbent's and the base's"
     )
     max_repetition_increase: float | None = Field(
         default=0.05, ge=0.0, le=1.0,

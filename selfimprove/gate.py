@@ -218,13 +218,18 @@ def _failed_thresholds(
                 f"({inc.mean_words:.1f} -> {cand.mean_words:.1f} words)"
             )
     if cfg.max_retention_increase is not None:
-        increase = retention_increase(cand, inc)
+        # Against the lower of the incumbent's and the base's NLL, as the degeneration guards:
+        # promotions that each stay within the tolerance must not add up past it.
+        ref = min((r for r in (inc, baseline) if r is not None and r.retention_nll is not None),
+                  key=lambda r: r.retention_nll or 0.0, default=inc)
+        increase = retention_increase(cand, ref)
         if increase is None:
             unchecked.append("retention not measured (the backend has no sequence_nll)")
         elif increase > cfg.max_retention_increase + _EPS:
+            against = "" if ref is inc else f" against the base {ref.version}"
             reasons.append(
-                f"retention NLL increase {increase:+.1%} > {cfg.max_retention_increase:+.1%} "
-                f"({inc.retention_nll:.3f} -> {cand.retention_nll:.3f})"
+                f"retention NLL increase {increase:+.1%} > {cfg.max_retention_increase:+.1%}"
+                f"{against} ({ref.retention_nll:.3f} -> {cand.retention_nll:.3f})"
             )
     return reasons, unchecked
 

@@ -373,9 +373,9 @@ def _versions(cycles: Sequence[CycleRecord], baseline: PolicyEval | None) -> lis
         lines += _table(["version", *kinds], (
             [e.version, *(_num(e.kind_pass_rates.get(k)) for k in kinds)] for e in evals
         ))
-    rates = {cid for e in evals for cid in e.check_pass_rates}
-    if rates:
-        ids = sorted(rates)
+    # A check named after its kind (as generated prompt checks are) is already a column above.
+    ids = sorted({cid for e in evals for cid in e.check_pass_rates} - set(kinds))
+    if ids:
         lines += ["", "Pass rate of each check:", ""]
         lines += _table(["version", *ids], (
             [e.version, *(_num(e.check_pass_rates.get(i)) for i in ids)] for e in evals

@@ -192,6 +192,22 @@ def test_thresholds_names_every_failed_threshold():
     ]
 
 
+def test_retention_compares_with_the_lower_of_incumbent_and_base():
+    """Two promotions of +4% each stay within 5% of their incumbents, not of the base."""
+    cand, inc = evals(cand_nll=2.163, inc_nll=2.08)  # +4.0% over the incumbent
+    inc = inc.model_copy(update={"version": "v1"})
+    base = PolicyEval(version="v0", violation_rate=0.0, mean_words=10.0, retention_nll=2.0,
+                      n_prompts=10)
+    counts = VerdictCounts(wins=5, losses=5)
+    assert thresholds_passed(cand, inc, counts, GateConfig()) == (True, [])
+    assert thresholds_passed(cand, inc, counts, GateConfig(), baseline=base) == (False, [
+        "retention NLL increase +8.1% > +5.0% against the base v0 (2.000 -> 2.163)",
+    ])
+    # a base that forgot more than the incumbent does not loosen the guard
+    worse = base.model_copy(update={"retention_nll": 2.5})
+    assert thresholds_passed(cand, inc, counts, GateConfig(), baseline=worse) == (True, [])
+
+
 def test_thresholds_skips_thresholds_set_to_none():
     cand, inc = evals(cand_viol=0.9, cand_words=40.0, cand_nll=5.0)
     off = GateConfig(min_win_rate=None, max_violation_rate_delta=None, max_length_ratio=None,

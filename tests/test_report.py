@@ -192,6 +192,27 @@ def test_every_evaluated_version_shows_what_training_did_not_target(tmp_path):
     assert_png(tmp_path / "plots" / "degeneration.png")
 
 
+def test_checks_named_after_their_kind_are_shown_once(tmp_path):
+    """Generated prompt checks carry their kind as id: the per-kind table already has them, the
+    per-check table keeps only the checks with names of their own."""
+    def with_kinds(e: PolicyEval, ends: float, floor: float) -> PolicyEval:
+        return e.model_copy(update={
+            "check_pass_rates": {"ends_with": ends, "says_something": floor},
+            "kind_pass_rates": {"ends_with": ends, "min_words": floor},
+        })
+    v0, v1 = with_kinds(V0, 0.25, 1.0), with_kinds(V1, 0.5, 0.75)
+    make_run(tmp_path, baseline=v0)
+    record = cycles()[0]
+    record["eval"] = eval_result(v0, v1, 3, 0, 1).model_dump()
+    versions = section(write_report(tmp_path, [record]).read_text(),
+                       "Every evaluated version (held-out prompts)")
+    rows = [line for line in versions.splitlines() if line.startswith("| ")]
+    assert rows[3:] == [
+        "| version | ends_with | min_words |", "| v0 | 0.25 | 1.00 |", "| v1 | 0.50 | 0.75 |",
+        "| version | says_something |", "| v0 | 1.00 |", "| v1 | 0.75 |",
+    ]
+
+
 def test_versions_without_degeneration_stats_show_dashes_and_no_plot(tmp_path):
     old = {v: policy_eval(v, r, w, n, rates=None) for v, r, w, n in
            (("v0", 0.5, 40.0, 2.0), ("v1", 0.25, 30.0, 2.02))}
