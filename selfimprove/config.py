@@ -46,6 +46,12 @@ class HarvestConfig(BaseModel):
         description="drop pairs whose chosen side has fewer than this many times the words "
         "of the rejected side (guards DPO against learning that shorter wins)",
     )
+    bare_negatives: bool = Field(
+        default=False,
+        description="with each prompt's first kept pair, one more: the same chosen answer "
+        "against an answer made of only the words the prompt's checks ask for (its opening, "
+        "required and closing words), which passes those checks and says nothing",
+    )
     sft_requires_checks: bool = True
     score_scale: float = Field(
         default=5.0,

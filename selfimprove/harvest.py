@@ -24,14 +24,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from selfimprove.checks import required_phrases
+from selfimprove.checks import EndsWith, IncludeWords, StartsWith, required_phrases
 from selfimprove.config import HarvestConfig
 from selfimprove.critique_loop.state import prompt_checks
 from selfimprove.degeneration import repeats_itself, says_nothing_beyond
 from selfimprove.store import content_hash
 from selfimprove.types import CheckResult, CritiqueResult, OrderJudgment, Verdict, passes
 
-__all__ = ["HarvestOutput", "harvest"]
+__all__ = ["HarvestOutput", "bare_answer", "harvest"]
 
 
 
@@ -123,6 +123,19 @@ def _says_nothing(text: str, result: CritiqueResult) -> bool:
     """No word left once the prompt's required opening and closing words are taken out: "The
     end." passes "end with 'The end.'" and teaches an empty answer."""
     return says_nothing_beyond(text, required_phrases(prompt_checks(result.prompt_checks)))
+
+
+def bare_answer(raw_checks: list[dict[str, Any]] | None) -> str | None:
+    """An answer of only the words a prompt's checks ask for: its opening words, the words it
+    must include, its closing words (None: the checks ask for none). It passes those checks and
+    says nothing: the cheapest way to satisfy them, which DPO finds unless it is shown as worse.
+    """
+    checks = prompt_checks(raw_checks)
+    words = [w for c in checks if isinstance(c, IncludeWords) for w in c.words]
+    opening = [c.value for c in checks if isinstance(c, StartsWith)]
+    closing = [c.value for c in checks if isinstance(c, EndsWith)]
+    parts = opening + words + closing
+    return " ".join(parts) if parts else None
 
 
 def _guard(
@@ -354,6 +367,7 @@ def harvest(
     out = HarvestOutput()
     dropped: Counter[str] = Counter()
     kept: Counter[str] = Counter()
+    kept_bare: set[str] = set()
     for result in results:
         base = _provenance(result, cycle, created_at)
         for strategy in dict.fromkeys(cfg.strategies):
@@ -368,6 +382,16 @@ def harvest(
                 label = _REVISED_BY.get(_revised_by(result) or "", strategy)
             out.pairs.append(_pair_row(result, label, chosen, rejected, margin, decided_by, base))
             kept[label] += 1
+            bare = bare_answer(result.prompt_checks) if cfg.bare_negatives else None
+            if bare is not None and result.prompt_id not in kept_bare:
+                # once a prompt: the pair says what the checks alone cannot (an answer must
+                # say something), and more copies would outweigh the prompt's real pairs
+                kept_bare.add(result.prompt_id)
+                nothing = _Side(text=bare, passes=False)
+                out.pairs.append(
+                    _pair_row(result, "bare_phrases", chosen, nothing, 1.0, "says_nothing", base)
+                )
+                kept["bare_phrases"] += 1
         reason = _sft_drop_reason(result, cfg)
         if reason is None:
             row = _sft_row(result, base)

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from selfimprove.config import HarvestConfig
-from selfimprove.harvest import harvest
+from selfimprove.harvest import bare_answer, harvest
 from selfimprove.store import PAIR_COLUMNS, SFT_COLUMNS, PreferenceStore, content_hash
 from selfimprove.types import (
     CheckResult,
@@ -427,3 +427,29 @@ def test_an_answer_of_only_the_required_words_is_no_row():
     # the same words with content around them are a row
     kept = run([result(final="Sunlight scatters blue light. The end.", prompt_checks=closing)])
     assert len(kept.sft) == 1 and "says_nothing_sft" not in kept.dropped
+
+
+def test_bare_negatives_pair_a_kept_answer_against_only_the_asked_words():
+    """Once a prompt, beside its kept pairs: the chosen answer against the asked words alone."""
+    asks = [{"kind": "starts_with", "value": "First"},
+            {"kind": "include_words", "id": "w", "words": ["river", "blue"]},
+            {"kind": "ends_with", "value": "The end."}]
+    answer = "First, the river runs blue under the sky all day long. The end."
+    asked = result(final=answer, prompt_checks=asks,
+                   samples=[answer, "Rivers."], sample_checks_passed=[True, False])
+    plain = result(prompt_id="p2")  # asks for no words: no bare pair
+    out = run([asked, plain], strategies=["revision", "best_of_n"], bare_negatives=True)
+    assert [p["strategy"] for p in out.pairs] == [
+        "revision", "bare_phrases", "best_of_n", "revision"]
+    bare = out.pairs[1]
+    assert text(bare["rejected"]) == "First river blue The end."
+    assert text(bare["chosen"]) == answer and bare["decided_by"] == "says_nothing"
+    assert json.loads(bare["check_results"])["rejected"]["passes"] is False
+    assert out.kept["bare_phrases"] == 1
+    # off by default
+    assert "bare_phrases" not in run([asked], strategies=["revision"]).kept
+
+
+def test_bare_answer_of_checks():
+    assert bare_answer(None) is None and bare_answer([{"kind": "lowercase"}]) is None
+    assert bare_answer([{"kind": "ends_with", "value": "stay safe."}]) == "stay safe."
