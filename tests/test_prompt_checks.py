@@ -160,10 +160,12 @@ async def test_with_the_checks_as_critic_the_reviser_gets_the_failed_rule_on_the
                           checks=load_prompt_records_from([{"kind": "ends_with",
                                                             "value": "over and out"}]))
     result = await acritique(record, ctx)
-    assert result.rounds[0].checks[0].passed is False  # the model does not say "over and out"
+    check_id = record.checks[0].id  # derived from kind and value: ends_with-<hash>
+    first = {c.check_id: c for c in result.rounds[0].checks}
+    assert first[check_id].passed is False  # the model does not say "over and out"
+    assert first["says_something"].passed is True  # the constitution's own floor
     assert not any("Critique request" in t for t in recording.seen)  # no critic call
     (revise_request,) = [t for t in recording.seen if "Revision request" in t]
-    check_id = record.checks[0].id  # derived from kind and value: ends_with-<hash>
     assert f"- {check_id}: ends with '" in revise_request
     assert "not 'over and out'" in revise_request
     assert result.rounds[0].critique.failed_checks == [check_id]
