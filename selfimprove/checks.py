@@ -180,6 +180,12 @@ class ForbidPhrases(_CheckBase):
     kind: Literal["forbid_phrases"]
     phrases: list[Annotated[str, Field(strict=True, min_length=1)]] = Field(min_length=1)
 
+    @field_validator("phrases")
+    @classmethod
+    def _phrases_not_blank(cls, phrases: list[str]) -> list[str]:
+        # a blank phrase would be found in every response (after normalising, even in "")
+        return _each_not_blank(phrases, "phrases")
+
 
 # --- IFEval-style verifiable instructions ----------------------------------------------------
 
@@ -194,8 +200,15 @@ class Lowercase(_CheckBase):
     kind: Literal["lowercase"]
 
 
+def _each_not_blank(items: list[str], name: str) -> list[str]:
+    for i, item in enumerate(items):
+        if not item.strip():
+            raise ValueError(f"{name}[{i}] must contain a non-whitespace character")
+    return items
+
+
 def _not_blank(value: str) -> str:
-    if not value.strip():
+    if not value.translate(_ZERO_WIDTH).strip():
         raise ValueError("must contain a non-whitespace character")
     return value
 
@@ -209,7 +222,8 @@ class _TextEdge(_CheckBase):
 class StartsWith(_TextEdge):
     """The response starts with ``value`` (case-insensitive, curly apostrophes and runs of
     whitespace normalised). Leading whitespace is ignored, and so are leading quote marks and
-    markdown emphasis (``"``, ``“``, ``'``, ``*``, ``_``) unless ``value`` starts with them.
+    markdown emphasis (``"``, ``“``, ``'``, ``‘``, ``«``, ``*``, ``_``) unless ``value`` starts
+    with them.
     ``value`` must end on a word boundary: "Yes" does not match "Yesterday".
 
     Example: ``{kind: starts_with, value: "Dear customer"}`` passes
@@ -221,13 +235,15 @@ class StartsWith(_TextEdge):
 
 class EndsWith(_TextEdge):
     """The response ends with ``value`` (case-insensitive, curly apostrophes and runs of
-    whitespace normalised), ignoring trailing whitespace. If ``value`` ends with punctuation,
-    the response must end with exactly that; if it does not, one ``.``, ``!`` or ``?`` after it
-    is allowed. ``value`` must start on a word boundary: "stay safe" does not match "outstay
-    safe".
+    whitespace normalised), ignoring trailing whitespace, and trailing quote marks and markdown
+    emphasis (``"``, ``”``, ``'``, ``’``, ``»``, ``*``, ``_``) unless ``value`` ends with them.
+    If ``value`` ends with punctuation, the response must end with exactly that; if it does
+    not, one ``.``, ``!`` or ``?`` after it is allowed. ``value`` must start on a word
+    boundary: "stay safe" does not match "outstay safe".
 
-    Example: ``{kind: ends_with, value: "stay safe"}`` passes ``... Stay safe.`` and
-    ``... stay safe``; ``{kind: ends_with, value: "stay safe."}`` fails ``... stay safe!``.
+    Example: ``{kind: ends_with, value: "stay safe"}`` passes ``... Stay safe.``,
+    ``**Stay safe!**`` and ``... stay safe``; ``{kind: ends_with, value: "stay safe."}``
+    fails ``... stay safe!``.
     """
 
     kind: Literal["ends_with"]
@@ -248,10 +264,7 @@ class IncludeWords(_CheckBase):
     @field_validator("words")
     @classmethod
     def _words_not_blank(cls, words: list[str]) -> list[str]:
-        for i, word in enumerate(words):
-            if not word.strip():
-                raise ValueError(f"words[{i}] must contain a non-whitespace character")
-        return words
+        return _each_not_blank(words, "words")
 
 
 class _CountRange(_CheckBase):
@@ -395,6 +408,10 @@ _UPPER = regex.compile(r"[\p{Lu}\p{Lt}]")
 _COMMA = regex.compile(r"[,\uff0c]")
 # Quote marks and markdown emphasis a model likes to put before its first word.
 _LEAD_DECORATION = regex.compile(r"^[\"'\u201c\u2018\u00ab*_]+\s*")
+# ... and after its last (closing quotes are folded to ' and " first).
+_TRAIL_DECORATION = regex.compile(r"\s*[\"'\u201d\u00bb*_]+$")
+# Invisible characters that must not decide a match at the text's edges.
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _END_PUNCT = ".!?"
 _BULLET = regex.compile(r"[ \t]*(?:[-*][ \t]+|\u2022[ \t]*|[0-9]{1,9}[.)][ \t]+)\S")
 _OPEN_QUOTES = ('"', "\u201c")
@@ -405,6 +422,7 @@ def _fold(text: str) -> str:
     # Case-insensitive; a curly apostrophe or a line break inside the text must not make
     # "I'm here" differ from "I\u2019m\nhere"; NFC so composed and decomposed accents agree.
     text = unicodedata.normalize("NFC", text).replace("\u2019", "'").replace("\u2018", "'")
+    text = text.translate(_ZERO_WIDTH)
     return " ".join(text.casefold().split())
 
 
@@ -429,9 +447,12 @@ def _starts_with(text: str, value: str) -> bool:
 def _ends_with(text: str, value: str) -> bool:
     want = _fold(value)
     plain = _fold(text)
-    candidates = [plain]
-    if not unicodedata.category(want[-1]).startswith("P") and plain[-1:] in _END_PUNCT:
-        candidates.append(plain[:-1])  # "stay safe" also matches "stay safe." (one mark only)
+    candidates = []
+    # As written and without trailing quotes or emphasis ("**Stay safe.**"), as _starts_with.
+    for form in dict.fromkeys((plain, _TRAIL_DECORATION.sub("", plain))):
+        candidates.append(form)
+        if not unicodedata.category(want[-1]).startswith("P") and form[-1:] in _END_PUNCT:
+            candidates.append(form[:-1])  # "stay safe" also matches "stay safe." (one mark)
     for candidate in candidates:
         if candidate.endswith(want):
             before = candidate[-len(want) - 1 : -len(want)]

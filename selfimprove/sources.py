@@ -3,6 +3,8 @@ e.g. ``general``), local `datasets` datasets, hub datasets."""
 
 from __future__ import annotations
 
+import codecs
+import difflib
 import json
 import os
 from collections.abc import Sequence
@@ -24,6 +26,8 @@ _KINDS = sorted(
     get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(Check)[0])
 )
 _PACKAGED_SUFFIXES = (".jsonl", ".txt")
+#: the fields a JSON-lines prompt record is read from (besides the prompt field itself)
+_RECORD_FIELDS = ("id", "checks", "messages")
 
 
 def packaged_prompt_names() -> list[str]:
@@ -127,11 +131,15 @@ def load_prompt_records(path: str | Path, field: str = "prompt") -> list[PromptR
         raise ConfigError(path, "prompt file not found") from None
     except OSError as exc:
         raise ConfigError(path, f"cannot read the prompt file: {exc.strerror}") from None
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # editors on Windows write one
     try:
-        lines = raw.decode("utf-8").splitlines()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(path, f"not UTF-8 text (byte {exc.start})", line=line) from None
+    # Line breaks only: str.splitlines would also split at U+2028, U+2029 and U+0085, which
+    # JSON allows unescaped inside a string (json.dumps(..., ensure_ascii=False) writes them).
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     json_lines = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
     out: list[PromptRecord] = []
     for no, line in enumerate(lines, start=1):
@@ -152,39 +160,109 @@ def load_prompt_records(path: str | Path, field: str = "prompt") -> list[PromptR
 
 def _record(path: Path, no: int, line: str, field: str) -> PromptRecord:
     try:
-        row = json.loads(line)
+        row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise ConfigError(path, f"invalid JSON: {exc.msg}", line=no) from None
-    if isinstance(row, dict) and "messages" in row and field not in row:
-        checks = _checks(path, no, row)
+    except _DuplicateKey as exc:
+        raise ConfigError(path, "given twice in one object", line=no, field=str(exc)) from None
+    if not isinstance(row, dict):
+        raise ConfigError(path, f"each line must be a JSON object, not {_json_type(row)}",
+                          line=no)
+    _check_field_names(path, no, row, field)
+    record_id = row.get("id")
+    if record_id is not None and (isinstance(record_id, bool)
+                                  or not isinstance(record_id, str | int)):
+        raise ConfigError(path, f"must be a string or an integer, not {_json_type(record_id)}",
+                          line=no, field="id")
+    checks = _checks(path, no, row)
+    if "messages" in row:
+        if field in row:
+            raise ConfigError(path, f"a record has either '{field}' or 'messages' (a "
+                              "conversation), not both", line=no, field="messages")
         try:
-            return PromptRecord.conversation(row["messages"], id=row.get("id"), checks=checks)
+            return PromptRecord.conversation(row["messages"], id=_id(record_id), checks=checks)
         except ConversationError as exc:
             field_name, _, msg = str(exc).partition(": ")
             raise ConfigError(path, msg, line=no, field=field_name) from None
-    text = row.get(field) if isinstance(row, dict) else None
+    text = row.get(field)
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(path, "each line needs a non-empty string (or 'messages', a "
                           "conversation)", line=no, field=field)
-    return PromptRecord(id=str(row.get("id") or prompt_id(text)), prompt=text,
-                        checks=_checks(path, no, row))
+    return PromptRecord(id=_id(record_id) or prompt_id(text), prompt=text, checks=checks)
+
+
+def _id(value: str | int | None) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys without a word; YAML files refuse them.
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_field_names(path: Path, no: int, row: dict[str, Any], field: str) -> None:
+    """Refuse a field that looks like a misspelt record field (``chekcs``): read as an extra
+    field it would silently drop the prompt's checks. Other extra fields are kept out of the
+    way, as datasets carry metadata."""
+    known = (field, *_RECORD_FIELDS)
+    for key in row:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key.casefold(), known, n=1, cutoff=0.75)
+        if close:
+            raise ConfigError(path, f"unknown field (did you mean '{close[0]}'?)", line=no,
+                              field=key)
 
 
 def _checks(path: Path, no: int, row: dict[str, Any]) -> tuple[Check, ...]:
+    raw = row.get("checks")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(path, f"must be a list of checks, not {_json_type(raw)}", line=no,
+                          field="checks")
     try:
-        checks = parse_prompt_checks(row.get("checks") or [])
+        checks = parse_prompt_checks(raw)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         # pydantic puts the union member's tag into loc (checks.0.ends_with.value): drop it
         loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p.islower()
                                                  and p in _KINDS)]
         where = "checks" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc)
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             msg = f"unknown check kind {err['input'].get('kind')!r} (known: {', '.join(_KINDS)})"
+            where += ".kind"
         elif err["type"] == "union_tag_not_found":
             msg = "a check needs a 'kind'"
+        more = len(exc.errors()) - 1
+        if more:
+            msg += f" (and {more} more error{'s' if more > 1 else ''})"
         raise ConfigError(path, msg, line=no, field=where) from None
+    seen: dict[str, int] = {}
+    for i, check in enumerate(checks):
+        if check.id in seen:
+            raise ConfigError(
+                path, f"duplicate check id {check.id!r} (also checks[{seen[check.id]}]; two "
+                "checks of one kind need different values or their own ids)",
+                line=no, field=f"checks[{i}].id",
+            )
+        seen[check.id] = i
     return checks
 
 

@@ -188,7 +188,7 @@ def test_prompt_files_may_hold_conversations(tmp_path):
          "field 'messages[1].role'"),
         ({"messages": []}, "field 'messages'"),
         ({"messages": [{"role": "user", "content": "hi"}], "checks": [{"kind": "nope"}]},
-         "field 'checks[0]'"),
+         "field 'checks[0].kind'"),
     ],
 )
 def test_bad_conversation_lines_name_file_line_and_field(tmp_path, line, where):

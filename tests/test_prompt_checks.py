@@ -42,13 +42,23 @@ def test_records_carry_their_checks(tmp_path):
 @pytest.mark.parametrize(
     ("checks", "field", "message"),
     [
-        ([{"id": "a", "kind": "sparkles"}], "checks[0]", "unknown check kind 'sparkles'"),
+        ([{"id": "a", "kind": "sparkles"}], "checks[0].kind", "unknown check kind 'sparkles'"),
         ([{"id": "a", "kind": "max_words"}], "checks[0].value", "Field required"),
         ([{"id": "a", "kind": "max_words", "value": "ten"}], "checks[0].value",
          "Input should be a valid integer"),
         ([MAX_3, {"id": "r", "kind": "require_regex", "pattern": "(unclosed"}],
          "checks[1].pattern", "invalid regular expression"),
         ([{"id": "a"}], "checks[0]", "a check needs a 'kind'"),
+        ("", "checks", "must be a list of checks, not a string"),
+        ({"kind": "lowercase"}, "checks", "must be a list of checks, not an object"),
+        ([{"kind": "lowercase"}, {"kind": "lowercase", "hard": False}], "checks[1].id",
+         "duplicate check id 'lowercase' (also checks[0]"),
+        ([{"id": "a", "kind": "lowercase"}, {"id": "a", "kind": "no_commas"}], "checks[1].id",
+         "duplicate check id 'a'"),
+        ([{"kind": "forbid_phrases", "phrases": ["ok", " "]}], "checks[0].phrases",
+         "phrases[1] must contain a non-whitespace character"),
+        ([{"kind": "max_words", "value": "ten", "hard": "yes"}], "checks[0].hard",
+         "(and 1 more error)"),
     ],
 )
 def test_bad_prompt_checks_are_located(tmp_path, checks, field, message):
@@ -58,6 +68,81 @@ def test_bad_prompt_checks_are_located(tmp_path, checks, field, message):
     err = info.value
     assert (err.path, err.line, err.field) == (str(path), 2, field)
     assert message in err.detail
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "message"),
+    [
+        ('{"prompt": "Say hi.", "chekcs": []}', "chekcs", "unknown field (did you mean 'checks'?)"),
+        ('{"promt": "Say hi."}', "promt", "did you mean 'prompt'?"),
+        ('{"prompt": "a", "prompt": "b"}', "prompt", "given twice in one object"),
+        ('{"prompt": "Say hi.", "checks": [{"kind": "lowercase", "kind": "no_commas"}]}',
+         "kind", "given twice"),
+        ('{"prompt": "Say hi.", "messages": [{"role": "user", "content": "Hi"}]}',
+         "messages", "either 'prompt' or 'messages'"),
+        ('{"prompt": "Say hi.", "id": ["p1"]}', "id", "a string or an integer, not a list"),
+        ('["Say hi."]', None, "each line must be a JSON object, not a list"),
+        ('{"prompt": "Say hi.",}', None, "invalid JSON"),
+    ],
+)
+def test_bad_prompt_records_are_located(tmp_path, line, field, message):
+    path = write(tmp_path, {"prompt": "fine"}, line)
+    with pytest.raises(ConfigError) as info:
+        load_prompt_records(path)
+    err = info.value
+    assert (err.path, err.line, err.field) == (str(path), 2, field)
+    assert message in err.detail
+
+
+def test_extra_record_fields_are_kept_out_of_the_way(tmp_path):
+    path = write(tmp_path, {"prompt": "Say hi.", "category": "greeting", "source": "me",
+                            "id": 7, "checks": None})
+    (record,) = load_prompt_records(path)
+    assert (record.id, record.prompt, record.checks) == ("7", "Say hi.", ())
+
+
+def test_bom_crlf_and_unicode_line_separators_inside_strings_load(tmp_path):
+    rows = [{"prompt": "first line\u2028second\u2029third\u0085end"},
+            {"prompt": "Say hi.", "checks": [{"kind": "lowercase"}]}]
+    body = "\r\n\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    first, second = load_prompt_records(path)
+    assert first.prompt == rows[0]["prompt"]
+    assert [c.kind for c in second.checks] == ["lowercase"]
+    text = tmp_path / "prompts.txt"
+    text.write_bytes(b"\xef\xbb\xbfhello\r\nworld\n")
+    assert [r.prompt for r in load_prompt_records(text)] == ["hello", "world"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": "a"}\r\n\r\n{"prompt": 3}\r\n')
+    with pytest.raises(ConfigError) as info:
+        load_prompt_records(bad)
+    assert info.value.line == 3  # counted as an editor counts, blank lines included
+
+
+def test_prompts_check_validates_files_without_a_model(tmp_path, capsys):
+    from selfimprove import cli
+
+    good = write(tmp_path, {"prompt": "Say hi.", "checks": [{"kind": "lowercase"}]})
+    assert cli.main(["prompts", "check", str(good), "instructions"]) == 0
+    out = capsys.readouterr().out
+    assert f"ok: {good} (1 prompts, 1 with checks; check kinds: lowercase 1)" in out
+    assert "ok: instructions (240 prompts" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Say hi."}\n{"prompt": "x", "checks": [{"kind": "loud"}]}\n')
+    assert cli.main(["prompts", "check", str(bad), str(good)]) == 1
+    captured = capsys.readouterr()
+    assert f"{bad}:2: field 'checks[0].kind': unknown check kind 'loud'" in captured.err
+    assert f"ok: {good}" in captured.out  # every file is checked
+    clash = write(tmp_path, {"prompt": "Say hi.", "checks": [
+        {"id": "says_something", "kind": "max_words", "value": 3}]})
+    assert cli.main(["prompts", "check", str(clash), "--constitution", "instructions"]) == 1
+    err = capsys.readouterr().err
+    assert "field 'checks[0].id'" in err
+    assert "check id 'says_something' is also a different check of the constitution" in err
+    same = write(tmp_path, {"prompt": "Say hi.", "checks": [
+        {"id": "says_something", "kind": "min_words", "value": 8}]})
+    assert cli.main(["prompts", "check", str(same), "--constitution", "instructions"]) == 0
 
 
 class Recording(Backend):

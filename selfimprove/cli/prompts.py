@@ -1,19 +1,21 @@
-"""``selfimprove prompts synth``: generate instruction prompts that carry their own checks."""
+"""``selfimprove prompts``: generate instruction prompts that carry their own checks
+(``synth``), and check prompt files without loading a model (``check``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
 from selfimprove.errors import ConfigError
 
-__all__ = ["register", "run_synth"]
+__all__ = ["register", "run_check", "run_synth"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``prompts`` command and its subcommands to the CLI."""
-    parser = subparsers.add_parser("prompts", help="generate prompt sets")
+    parser = subparsers.add_parser("prompts", help="generate and check prompt files")
     sub = parser.add_subparsers(dest="prompts_command", metavar="SUBCOMMAND", required=True)
 
     synth = sub.add_parser(
@@ -34,6 +36,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="never these instruction kinds (e.g. the held-out quoted,no_commas)",
     )
     synth.set_defaults(func=run_synth)
+
+    check = sub.add_parser(
+        "check",
+        help="validate prompt files (JSON lines or text) and the checks they carry",
+        description="Load each prompt file as a run would, without loading a model: every "
+        "error names the file, the line and the field. With --constitution, a prompt check "
+        "may not reuse the id of one of the constitution's checks for a different check.",
+    )
+    check.add_argument("paths", nargs="+", metavar="PATH", help="prompt file or packaged set")
+    check.add_argument("--constitution", default=None, metavar="NAME",
+                       help="constitution (name or path) the prompts will be critiqued under")
+    check.set_defaults(func=run_check)
 
 
 def _kind_list(text: str | None, flag: str) -> list[str] | None:
@@ -72,3 +86,41 @@ def run_synth(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items()))
     print(f"wrote {len(records)} prompts to {out} ({summary})")
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Check every file; report each, and return 1 if any failed (after checking all)."""
+    from selfimprove.constitution import load_constitution
+    from selfimprove.sources import load_prompt_records
+
+    constitution = load_constitution(args.constitution) if args.constitution else None
+    failed = 0
+    for ref in args.paths:
+        try:
+            records = load_prompt_records(ref)
+            if constitution is not None:
+                _check_ids_against(ref, records, {c.id: c for c in constitution.checks},
+                                   constitution.name)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            failed += 1
+            continue
+        counts = Counter(c.kind for r in records for c in r.checks)
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())) or "none"
+        with_checks = sum(1 for r in records if r.checks)
+        print(f"ok: {ref} ({len(records)} prompts, {with_checks} with checks; check kinds: "
+              f"{kinds})")
+    return 1 if failed else 0
+
+
+def _check_ids_against(ref: str, records: list, theirs: dict, name: str) -> None:
+    # Pass rates are kept by check id: two different checks under one id would be merged.
+    for record in records:
+        for i, check in enumerate(record.checks):
+            other = theirs.get(check.id)
+            if other is not None and other.model_dump() != check.model_dump():
+                raise ConfigError(
+                    ref, f"prompt {record.id!r}: check id {check.id!r} is also a different "
+                    f"check of the constitution {name!r}; give this one its own id",
+                    field=f"checks[{i}].id",
+                )
