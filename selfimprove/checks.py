@@ -68,6 +68,12 @@ CheckId = Annotated[
 _NOT_IDENTITY = frozenset({"id", "kind", "hard", "description"})
 
 
+#: the JSON schema's word for "not blank", so editors flag what validation refuses
+_NOT_BLANK_SCHEMA: dict[str, Any] = {"pattern": r"\S"}
+#: an entry of ``words`` or ``phrases``
+_Phrase = Annotated[str, Field(strict=True, min_length=1, json_schema_extra=_NOT_BLANK_SCHEMA)]
+
+
 def _clean_doc(schema: dict[str, Any], cls: type) -> None:
     # The class docstring is the user-facing documentation of a kind: publish it in the JSON
     # schema without the source's indentation.
@@ -178,7 +184,7 @@ class ForbidPhrases(_CheckBase):
     """Fails when any phrase occurs (case-insensitive, whitespace and apostrophes normalised)."""
 
     kind: Literal["forbid_phrases"]
-    phrases: list[Annotated[str, Field(strict=True, min_length=1)]] = Field(min_length=1)
+    phrases: list[_Phrase] = Field(min_length=1)
 
     @field_validator("phrases")
     @classmethod
@@ -214,7 +220,8 @@ def _not_blank(value: str) -> str:
 
 
 class _TextEdge(_CheckBase):
-    value: str = Field(strict=True, min_length=1, description="the text to look for")
+    value: str = Field(strict=True, min_length=1, description="the text to look for",
+                       json_schema_extra=_NOT_BLANK_SCHEMA)
 
     _check_value = field_validator("value")(_not_blank)
 
@@ -259,7 +266,7 @@ class IncludeWords(_CheckBase):
     """
 
     kind: Literal["include_words"]
-    words: list[Annotated[str, Field(strict=True, min_length=1)]] = Field(min_length=1)
+    words: list[_Phrase] = Field(min_length=1)
 
     @field_validator("words")
     @classmethod
@@ -267,7 +274,13 @@ class IncludeWords(_CheckBase):
         return _each_not_blank(words, "words")
 
 
+def _count_range_schema(schema: dict[str, Any], cls: type) -> None:
+    _clean_doc(schema, cls)
+    schema["anyOf"] = [{"required": ["min"]}, {"required": ["max"]}]  # as _some_bound
+
+
 class _CountRange(_CheckBase):
+    model_config = ConfigDict(json_schema_extra=_count_range_schema)
     min: int | None = Field(default=None, strict=True, ge=0, description="at least (inclusive)")
     max: int | None = Field(default=None, strict=True, ge=0, description="at most (inclusive)")
 
@@ -394,6 +407,8 @@ def count_sentences(text: str) -> int:
 
 def _normalise(text: str) -> str:
     # Curly apostrophes and line-wrapped phrases should not let a forbidden phrase slip through.
+    # NFC: a decomposed accent ("cafe\u0301") must not let "café" through either.
+    text = unicodedata.normalize("NFC", text)
     return " ".join(text.replace("\u2019", "'").replace("\u2018", "'").casefold().split())
 
 

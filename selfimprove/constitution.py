@@ -289,6 +289,8 @@ def load_constitution(name_or_path: str | Path) -> Constitution:
     """Load and resolve a constitution by name (see :func:`search_dirs`) or by path."""
     if _looks_like_path(name_or_path) or Path(name_or_path).is_file():
         path = Path(name_or_path)
+        if path.is_dir():
+            raise ConfigError(path, "is a directory, not a constitution file (.yaml)")
         if not path.is_file():
             raise ConfigError(path, "file not found")
     else:

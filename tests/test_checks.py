@@ -190,6 +190,9 @@ NEW_KIND_CASES = [
      "ends with 'Stay safe', not 'stay safe.'"),
     ({"kind": "ends_with", "value": "Any questions?"}, "So.\nAny\nquestions?", True,
      "ends with 'Any questions?'"),
+    # forbid_phrases: a decomposed accent is the same letter
+    ({"kind": "forbid_phrases", "phrases": ["caf\u00e9"]}, "Un cafe\u0301 noir.", False,
+     "contains 'caf\u00e9'"),
     # ends_with: trailing quotes and emphasis skipped, as starts_with skips leading ones
     ({"kind": "ends_with", "value": "stay safe."}, "Bye. **Stay safe.**", True,
      "ends with 'stay safe.'"),

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import random
+import re
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -361,6 +362,8 @@ def test_malformed_exact_error(filename: str) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_constitution(MALFORMED / "does-not-exist.yaml")
+    with pytest.raises(ConfigError, match="is a directory, not a constitution file"):
+        load_constitution(MALFORMED)
 
 
 def test_constitution_is_never_code(tmp_path: Path) -> None:
@@ -525,6 +528,21 @@ def test_schema_describes_the_vocabulary() -> None:
         "lowercase", "starts_with", "ends_with", "include_words", "bullet_count", "no_commas",
         "paragraph_count", "json_object", "quoted",
     }
+
+
+def test_schema_flags_what_validation_refuses() -> None:
+    # Editors validate against the schema: blank texts and a count with no bound must be
+    # flagged there too, not only by `constitution validate`.
+    defs = constitution_json_schema()["$defs"]
+    for kind in ("BulletCount", "ParagraphCount"):
+        assert defs[kind]["anyOf"] == [{"required": ["min"]}, {"required": ["max"]}]
+    blank_refusing = [defs["StartsWith"]["properties"]["value"],
+                      defs["EndsWith"]["properties"]["value"],
+                      defs["IncludeWords"]["properties"]["words"]["items"],
+                      defs["ForbidPhrases"]["properties"]["phrases"]["items"]]
+    for prop in blank_refusing:
+        assert re.search(prop["pattern"], " \t") is None
+        assert re.search(prop["pattern"], " ok") is not None
 
 
 # --- CLI -----------------------------------------------------------------------------------
