@@ -22,7 +22,7 @@ from selfimprove.improvement_cycle.graph import build_cycle_graph
 from selfimprove.improvement_cycle.state import Arm, CycleContext
 from selfimprove.roles import Roles
 from selfimprove.rundir import RunDir
-from selfimprove.sources import PromptRecord
+from selfimprove.sources import PromptRecord, check_ids_against
 from selfimprove.store import is_heldout, seed_salt
 from selfimprove.transfer import evaluate_transfer, load_transfer_sets
 
@@ -124,6 +124,9 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
         # A missing local model or package fails here, not after the run directory exists.
         embedded_gguf() if backend.model == EMBEDDED_NAME else resolve_model(backend.model)
     transfer = load_transfer_sets(cfg.transfer_prompts, train, where)
+    for source, records in [(cfg.prompts.path or cfg.prompts.dataset, prompts),
+                            *transfer.items()]:
+        check_ids_against(str(source), records, constitution.checks, constitution.name)
     return Prepared(cfg, constitution, train, heldout, transfer)
 
 

@@ -266,6 +266,23 @@ def _checks(path: Path, no: int, row: dict[str, Any]) -> tuple[Check, ...]:
     return checks
 
 
+def check_ids_against(where: str | Path, records: Sequence[PromptRecord],
+                      checks: Sequence[Check], constitution: str) -> None:
+    """Refuse a prompt check that reuses the id of a different check of the constitution:
+    pass rates are kept by check id, so the two would be counted as one."""
+    theirs = {c.id: c for c in checks}
+    for record in records:
+        for i, check in enumerate(record.checks):
+            other = theirs.get(check.id)
+            # the same kind and parameters (hard and description aside) is the same check
+            if other is not None and other.derived_id() != check.derived_id():
+                raise ConfigError(
+                    where, f"prompt {record.id!r}: check id {check.id!r} is also a different "
+                    f"check of the constitution {constitution!r}; give this one its own id",
+                    field=f"checks[{i}].id",
+                )
+
+
 def load_dataset_prompts(name: str, split: str = "train", field: str = "prompt"):
     """Prompts from a local `datasets` directory (``save_to_disk``) or a hub dataset id."""
     from datasets import load_dataset, load_from_disk

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,20 @@ def test_cli_run_with_a_missing_local_model_fails_before_writing(tmp_path, capsy
     err = capsys.readouterr().err
     assert "no-such-model" in err and "not found" in err
     assert not run_dir.exists()  # the same command, fixed, can start this run
+
+
+def test_cli_run_refuses_a_prompt_check_that_reuses_a_constitution_check_id(tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"prompt": f"Say hi number {i}."} for i in range(9)]
+    rows.append({"prompt": "Say hi.", "checks": [
+        {"id": "says_something", "kind": "max_words", "value": 3}]})
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"prompts:\n  path: {prompts}\ncritique:\n  constitution: instructions\n"
+                      "heldout_fraction: 0.5\ncontrol:\n  kind: best_of_checks\n")
+    run_dir = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{prompts}: field 'checks[0].id'" in err
+    assert "'says_something' is also a different check of the constitution" in err
+    assert not run_dir.exists()

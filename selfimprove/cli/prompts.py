@@ -91,7 +91,7 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     """Check every file; report each, and return 1 if any failed (after checking all)."""
     from selfimprove.constitution import load_constitution
-    from selfimprove.sources import load_prompt_records
+    from selfimprove.sources import check_ids_against, load_prompt_records
 
     constitution = load_constitution(args.constitution) if args.constitution else None
     failed = 0
@@ -99,8 +99,7 @@ def run_check(args: argparse.Namespace) -> int:
         try:
             records = load_prompt_records(ref)
             if constitution is not None:
-                _check_ids_against(ref, records, {c.id: c for c in constitution.checks},
-                                   constitution.name)
+                check_ids_against(ref, records, constitution.checks, constitution.name)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             failed += 1
@@ -112,15 +111,3 @@ def run_check(args: argparse.Namespace) -> int:
               f"{kinds})")
     return 1 if failed else 0
 
-
-def _check_ids_against(ref: str, records: list, theirs: dict, name: str) -> None:
-    # Pass rates are kept by check id: two different checks under one id would be merged.
-    for record in records:
-        for i, check in enumerate(record.checks):
-            other = theirs.get(check.id)
-            if other is not None and other.model_dump() != check.model_dump():
-                raise ConfigError(
-                    ref, f"prompt {record.id!r}: check id {check.id!r} is also a different "
-                    f"check of the constitution {name!r}; give this one its own id",
-                    field=f"checks[{i}].id",
-                )
