@@ -366,6 +366,15 @@ def test_missing_file() -> None:
         load_constitution(MALFORMED)
 
 
+def test_non_utf8_constitution_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: x\nversion: 1\ndescription: caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_constitution(path)
+    assert info.value.line == 3
+    assert str(info.value).startswith(f"{path}:3: not UTF-8 text")
+
+
 def test_constitution_is_never_code(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     bad = write(
