@@ -208,7 +208,7 @@ class Lowercase(_CheckBase):
 
 def _each_not_blank(items: list[str], name: str) -> list[str]:
     for i, item in enumerate(items):
-        if not item.strip():
+        if not item.translate(_ZERO_WIDTH).strip():
             raise ValueError(f"{name}[{i}] must contain a non-whitespace character")
     return items
 
@@ -243,7 +243,8 @@ class StartsWith(_TextEdge):
 class EndsWith(_TextEdge):
     """The response ends with ``value`` (case-insensitive, curly apostrophes and runs of
     whitespace normalised), ignoring trailing whitespace, and trailing quote marks and markdown
-    emphasis (``"``, ``”``, ``'``, ``’``, ``»``, ``*``, ``_``) unless ``value`` ends with them.
+    emphasis (``"``, ``”``, ``»``, ``*``, ``_``; not ``'``, a possessive's) unless ``value``
+    ends with them.
     If ``value`` ends with punctuation, the response must end with exactly that; if it does
     not, one ``.``, ``!`` or ``?`` after it is allowed. ``value`` must start on a word
     boundary: "stay safe" does not match "outstay safe".
@@ -424,7 +425,8 @@ _COMMA = regex.compile(r"[,\uff0c]")
 # Quote marks and markdown emphasis a model likes to put before its first word.
 _LEAD_DECORATION = regex.compile(r"^[\"'\u201c\u2018\u00ab*_]+\s*")
 # ... and after its last (closing quotes are folded to ' and " first).
-_TRAIL_DECORATION = regex.compile(r"\s*[\"'\u201d\u00bb*_]+$")
+# Not the apostrophe: "the students'" is a possessive, not a closing quote.
+_TRAIL_DECORATION = regex.compile(r"\s*[\"\u201d\u00bb*_]+$")
 # Invisible characters that must not decide a match at the text's edges.
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _END_PUNCT = ".!?"
@@ -462,13 +464,14 @@ def _starts_with(text: str, value: str) -> bool:
 def _ends_with(text: str, value: str) -> bool:
     want = _fold(value)
     plain = _fold(text)
-    candidates = []
-    # As written and without trailing quotes or emphasis ("**Stay safe.**"), as _starts_with.
-    for form in dict.fromkeys((plain, _TRAIL_DECORATION.sub("", plain))):
-        candidates.append(form)
-        if not unicodedata.category(want[-1]).startswith("P") and form[-1:] in _END_PUNCT:
-            candidates.append(form[:-1])  # "stay safe" also matches "stay safe." (one mark)
-    for candidate in candidates:
+    # As written and without trailing quotes or emphasis ("**Stay safe.**"), as _starts_with;
+    # "stay safe" also matches "stay safe." and "**stay safe**." (one mark only).
+    candidates = [plain, _TRAIL_DECORATION.sub("", plain)]
+    if not unicodedata.category(want[-1]).startswith("P"):
+        for form in list(candidates):
+            if form[-1:] in _END_PUNCT:
+                candidates += [form[:-1], _TRAIL_DECORATION.sub("", form[:-1])]
+    for candidate in dict.fromkeys(candidates):
         if candidate.endswith(want):
             before = candidate[-len(want) - 1 : -len(want)]
             if not (before and _is_word_char(before) and _is_word_char(want[0])):

@@ -4,7 +4,6 @@ e.g. ``general``), local `datasets` datasets, hub datasets."""
 from __future__ import annotations
 
 import codecs
-import difflib
 import json
 import os
 from collections.abc import Sequence
@@ -131,12 +130,13 @@ def load_prompt_records(path: str | Path, field: str = "prompt") -> list[PromptR
         raise ConfigError(path, "prompt file not found") from None
     except OSError as exc:
         raise ConfigError(path, f"cannot read the prompt file: {exc.strerror}") from None
-    raw = raw.removeprefix(codecs.BOM_UTF8)  # editors on Windows write one
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # Windows editors
     try:
-        text = raw.decode("utf-8")
+        text = raw[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(path, f"not UTF-8 text (byte {exc.start})", line=line) from None
+        before = raw[: bom + exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        raise ConfigError(path, f"not UTF-8 text (byte {bom + exc.start})",
+                          line=before.count(b"\n") + 1) from None
     # Line breaks only: str.splitlines would also split at U+2028, U+2029 and U+0085, which
     # JSON allows unescaped inside a string (json.dumps(..., ensure_ascii=False) writes them).
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -171,14 +171,11 @@ def _record(path: Path, no: int, line: str, field: str) -> PromptRecord:
     _check_field_names(path, no, row, field)
     record_id = row.get("id")
     if record_id is not None and (isinstance(record_id, bool)
-                                  or not isinstance(record_id, str | int)):
-        raise ConfigError(path, f"must be a string or an integer, not {_json_type(record_id)}",
+                                  or not isinstance(record_id, str | int | float)):
+        raise ConfigError(path, f"must be a string or a number, not {_json_type(record_id)}",
                           line=no, field="id")
     checks = _checks(path, no, row)
-    if "messages" in row:
-        if field in row:
-            raise ConfigError(path, f"a record has either '{field}' or 'messages' (a "
-                              "conversation), not both", line=no, field="messages")
+    if "messages" in row and field not in row:  # with both (as in UltraFeedback), the prompt
         try:
             return PromptRecord.conversation(row["messages"], id=_id(record_id), checks=checks)
         except ConversationError as exc:
@@ -191,7 +188,7 @@ def _record(path: Path, no: int, line: str, field: str) -> PromptRecord:
     return PromptRecord(id=_id(record_id) or prompt_id(text), prompt=text, checks=checks)
 
 
-def _id(value: str | int | None) -> str | None:
+def _id(value: str | float | None) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
@@ -216,17 +213,30 @@ def _json_type(value: Any) -> str:
 
 
 def _check_field_names(path: Path, no: int, row: dict[str, Any], field: str) -> None:
-    """Refuse a field that looks like a misspelt record field (``chekcs``): read as an extra
-    field it would silently drop the prompt's checks. Other extra fields are kept out of the
-    way, as datasets carry metadata."""
-    known = (field, *_RECORD_FIELDS)
-    for key in row:
-        if key in known:
+    """Refuse a misspelt record field (``chekcs``, ``check``): read as an extra field it would
+    silently drop the prompt's checks. Only one edit away from a field the record lacks
+    counts: datasets carry metadata (``prompt_id``, ``idx``, ``category``) that must load."""
+    for known in (field, *_RECORD_FIELDS):
+        if known in row or len(known) < 5:
             continue
-        close = difflib.get_close_matches(key.casefold(), known, n=1, cutoff=0.75)
-        if close:
-            raise ConfigError(path, f"unknown field (did you mean '{close[0]}'?)", line=no,
-                              field=key)
+        for key in row:
+            if _one_edit_apart(key.casefold(), known.casefold()):
+                raise ConfigError(path, f"unknown field (did you mean '{known}'?)", line=no,
+                                  field=key)
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Equal, or one insertion, deletion, substitution or swap of neighbours apart."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    i = 0  # the first position where they differ
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        swapped = a[i : i + 2] == b[i : i + 2][::-1] and a[i + 2 :] == b[i + 2 :]
+        return a[i + 1 :] == b[i + 1 :] or swapped
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    return longer[i + 1 :] == shorter[i:]
 
 
 def _checks(path: Path, no: int, row: dict[str, Any]) -> tuple[Check, ...]:

@@ -66,6 +66,9 @@ def check(**fields) -> Check:
          "contains 'It's important to note', 'as an ai'"),
         ({"kind": "forbid_phrases", "phrases": ["I hope this helps"]}, "Paris.", True,
          "no forbidden phrase"),
+        # a decomposed accent is the same letter
+        ({"kind": "forbid_phrases", "phrases": ["caf\u00e9"]}, "Un cafe\u0301 noir.", False,
+         "contains 'caf\u00e9'"),
     ],
 )
 def test_each_kind_exact(spec: dict, text: str, passed: bool, detail: str) -> None:
@@ -190,9 +193,6 @@ NEW_KIND_CASES = [
      "ends with 'Stay safe', not 'stay safe.'"),
     ({"kind": "ends_with", "value": "Any questions?"}, "So.\nAny\nquestions?", True,
      "ends with 'Any questions?'"),
-    # forbid_phrases: a decomposed accent is the same letter
-    ({"kind": "forbid_phrases", "phrases": ["caf\u00e9"]}, "Un cafe\u0301 noir.", False,
-     "contains 'caf\u00e9'"),
     # ends_with: trailing quotes and emphasis skipped, as starts_with skips leading ones
     ({"kind": "ends_with", "value": "stay safe."}, "Bye. **Stay safe.**", True,
      "ends with 'stay safe.'"),
@@ -204,6 +204,10 @@ NEW_KIND_CASES = [
      "ends with '\"stay safe\"'"),
     ({"kind": "ends_with", "value": "stay safe."}, "**Stay safe!**", False,
      "ends with '**Stay safe!**', not 'stay safe.'"),
+    ({"kind": "ends_with", "value": "stay safe"}, "Bye. **Stay safe**.", True,
+     "ends with 'stay safe'"),
+    ({"kind": "ends_with", "value": "students"}, "Thanks, students'", False,
+     "ends with 'Thanks, students'', not 'students'"),
     # zero-width characters at the edges do not decide
     ({"kind": "ends_with", "value": "stay safe"}, "Stay safe.\u200b", True,
      "ends with 'stay safe'"),
@@ -363,6 +367,8 @@ def test_new_kinds_stay_fast_on_adversarial_text(text: str) -> None:
          "phrases[1] must contain a non-whitespace character"),
         ({"kind": "ends_with", "value": "\u200b"}, ("ends_with", "value"),
          "must contain a non-whitespace character"),
+        ({"kind": "forbid_phrases", "phrases": ["\ufeff"]}, ("forbid_phrases", "phrases"),
+         "phrases[0] must contain a non-whitespace character"),
         ({"kind": "bullet_count", "min": 5, "max": 2}, ("bullet_count", "max"),
          "max (2) must be >= min (5)"),
         ({"kind": "bullet_count"}, ("bullet_count",), "bullet_count needs 'min', 'max' or both"),

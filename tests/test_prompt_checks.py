@@ -78,9 +78,11 @@ def test_bad_prompt_checks_are_located(tmp_path, checks, field, message):
         ('{"prompt": "a", "prompt": "b"}', "prompt", "given twice in one object"),
         ('{"prompt": "Say hi.", "checks": [{"kind": "lowercase", "kind": "no_commas"}]}',
          "kind", "given twice"),
-        ('{"prompt": "Say hi.", "messages": [{"role": "user", "content": "Hi"}]}',
-         "messages", "either 'prompt' or 'messages'"),
-        ('{"prompt": "Say hi.", "id": ["p1"]}', "id", "a string or an integer, not a list"),
+        ('{"prompt": "Say hi.", "check": [{"kind": "lowercase"}]}', "check",
+         "did you mean 'checks'?"),
+        ('{"prompt": "Say hi.", "Checks": []}', "Checks", "did you mean 'checks'?"),
+        ('{"prompt": "Say hi.", "id": ["p1"]}', "id", "a string or a number, not a list"),
+        ('{"prompt": "Say hi.", "id": true}', "id", "not true/false"),
         ('["Say hi."]', None, "each line must be a JSON object, not a list"),
         ('{"prompt": "Say hi.",}', None, "invalid JSON"),
     ],
@@ -94,11 +96,30 @@ def test_bad_prompt_records_are_located(tmp_path, line, field, message):
     assert message in err.detail
 
 
-def test_extra_record_fields_are_kept_out_of_the_way(tmp_path):
-    path = write(tmp_path, {"prompt": "Say hi.", "category": "greeting", "source": "me",
-                            "id": 7, "checks": None})
+# Metadata of public instruction datasets (IFEval, Alpaca, Dolly, UltraFeedback, HH-RLHF, ...)
+METADATA = ["key", "instruction_id_list", "kwargs", "input", "output", "instruction",
+            "category", "context", "response", "source", "chosen", "rejected", "completion",
+            "system", "meta", "metadata", "tags", "lang", "task", "split", "idx", "uid", "_id",
+            "ids", "id2", "qid", "prompt_id", "prompts_id", "prompt_len", "prompt_type",
+            "system_prompt", "checker", "checked", "messages_id", "score_chosen"]
+
+
+def test_dataset_metadata_fields_are_kept_out_of_the_way(tmp_path):
+    row = {"prompt": "Say hi.", "id": 7, "checks": None} | {k: "x" for k in METADATA}
+    path = write(tmp_path, row, {"prompt": "Say bye.", "prompts": "x", "check": "x",
+                                 "checks": [], "id": 1.5})
+    first, second = load_prompt_records(path)
+    assert (first.id, first.prompt, first.checks) == ("7", "Say hi.", ())
+    assert (second.id, second.prompt) == ("1.5", "Say bye.")  # its own checks field is there
+
+
+def test_a_record_with_prompt_and_messages_uses_the_prompt(tmp_path):
+    # the shape of UltraFeedback-binarized rows: the prompt and a whole conversation
+    path = write(tmp_path, {"prompt": "Write a haiku.", "messages": [
+        {"role": "user", "content": "Write a haiku."},
+        {"role": "assistant", "content": "Leaves fall."}]})
     (record,) = load_prompt_records(path)
-    assert (record.id, record.prompt, record.checks) == ("7", "Say hi.", ())
+    assert (record.prompt, record.messages, record.response) == ("Write a haiku.", (), None)
 
 
 def test_bom_crlf_and_unicode_line_separators_inside_strings_load(tmp_path):
@@ -118,6 +139,11 @@ def test_bom_crlf_and_unicode_line_separators_inside_strings_load(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_prompt_records(bad)
     assert info.value.line == 3  # counted as an editor counts, blank lines included
+    old_mac = tmp_path / "cr.jsonl"  # lone CRs, a BOM, then a byte that is not UTF-8
+    old_mac.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\r{"prompt": "b"}\r{"prompt": "\xff"}\r')
+    with pytest.raises(ConfigError) as info:
+        load_prompt_records(old_mac)
+    assert (info.value.line, info.value.detail) == (3, "not UTF-8 text (byte 47)")
 
 
 def test_prompts_check_validates_files_without_a_model(tmp_path, capsys):
@@ -143,6 +169,9 @@ def test_prompts_check_validates_files_without_a_model(tmp_path, capsys):
     same = write(tmp_path, {"prompt": "Say hi.", "checks": [
         {"id": "says_something", "kind": "min_words", "value": 8}]})
     assert cli.main(["prompts", "check", str(same), "--constitution", "instructions"]) == 0
+    other_field = write(tmp_path, {"instruction": "Say hi.", "checks": [{"kind": "quoted"}]})
+    assert cli.main(["prompts", "check", str(other_field)]) == 1
+    assert cli.main(["prompts", "check", str(other_field), "--field", "instruction"]) == 0
 
 
 class Recording(Backend):

@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("paths", nargs="+", metavar="PATH", help="prompt file or packaged set")
     check.add_argument("--constitution", default=None, metavar="NAME",
                        help="constitution (name or path) the prompts will be critiqued under")
+    check.add_argument("--field", default="prompt",
+                       help="the field holding the prompt (a run's prompts.field; default prompt)")
     check.set_defaults(func=run_check)
 
 
@@ -97,7 +99,7 @@ def run_check(args: argparse.Namespace) -> int:
     failed = 0
     for ref in args.paths:
         try:
-            records = load_prompt_records(ref)
+            records = load_prompt_records(ref, args.field)
             if constitution is not None:
                 check_ids_against(ref, records, constitution.checks, constitution.name)
         except ConfigError as exc:
