@@ -25,8 +25,6 @@ _KINDS = sorted(
     get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(Check)[0])
 )
 _PACKAGED_SUFFIXES = (".jsonl", ".txt")
-#: the fields a JSON-lines prompt record is read from (besides the prompt field itself)
-_RECORD_FIELDS = ("id", "checks", "messages")
 
 
 def packaged_prompt_names() -> list[str]:
@@ -215,8 +213,13 @@ def _json_type(value: Any) -> str:
 def _check_field_names(path: Path, no: int, row: dict[str, Any], field: str) -> None:
     """Refuse a misspelt record field (``chekcs``, ``check``): read as an extra field it would
     silently drop the prompt's checks. Only one edit away from a field the record lacks
-    counts: datasets carry metadata (``prompt_id``, ``idx``, ``category``) that must load."""
-    for known in (field, *_RECORD_FIELDS):
+    counts: datasets carry metadata (``prompt_id``, ``idx``, ``category``) that must load.
+    The prompt and ``messages`` are alternatives: their misspellings are named only when
+    neither is there (the line is an error then anyway; this says why)."""
+    wanted = ["checks"]
+    if field not in row and "messages" not in row:
+        wanted += [field, "messages"]
+    for known in wanted:
         if known in row or len(known) < 5:
             continue
         for key in row:

@@ -107,10 +107,12 @@ METADATA = ["key", "instruction_id_list", "kwargs", "input", "output", "instruct
 def test_dataset_metadata_fields_are_kept_out_of_the_way(tmp_path):
     row = {"prompt": "Say hi.", "id": 7, "checks": None} | {k: "x" for k in METADATA}
     path = write(tmp_path, row, {"prompt": "Say bye.", "prompts": "x", "check": "x",
-                                 "checks": [], "id": 1.5})
-    first, second = load_prompt_records(path)
+                                 "checks": [], "id": 1.5, "message": "x"},
+                 {"messages": [{"role": "user", "content": "Hi"}], "prompts": "x"})
+    first, second, third = load_prompt_records(path)
     assert (first.id, first.prompt, first.checks) == ("7", "Say hi.", ())
     assert (second.id, second.prompt) == ("1.5", "Say bye.")  # its own checks field is there
+    assert third.messages[0].content == "Hi"  # a conversation needs no prompt field
 
 
 def test_a_record_with_prompt_and_messages_uses_the_prompt(tmp_path):
