@@ -307,7 +307,8 @@ class BulletCount(_CountRange):
     whitespace, or a number with ``.`` or ``)`` (``1.``, ``2)``) followed by whitespace, and
     has text after the marker. Nested (indented) bullets count too: the instruction "use
     exactly 3 bullet points" is about what the reader sees as bullets, and a sub-bullet is
-    one. Horizontal rules (``---``, ``* * *``) and ``*emphasis*`` are not bullets.
+    one. Horizontal rules (``---``, ``* * *``), ``*emphasis*`` and lines inside a fenced code
+    block (```` ``` ````) are not bullets.
 
     Example: ``{kind: bullet_count, min: 3, max: 3}`` passes "- a\n- b\n  - b1" (3 bullets).
     """
@@ -430,6 +431,7 @@ _TRAIL_DECORATION = regex.compile(r"\s*[\"\u201d\u00bb*_]+$")
 # Invisible characters that must not decide a match at the text's edges.
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _END_PUNCT = ".!?"
+_FENCE = regex.compile(r" {0,3}(`{3,}|~{3,})")
 _BULLET = regex.compile(r"[ \t]*(?:[-*][ \t]+|\u2022[ \t]*|[0-9]{1,9}[.)][ \t]+)\S")
 _OPEN_QUOTES = ('"', "\u201c")
 _CLOSE_QUOTES = ('"', "\u201d")
@@ -489,8 +491,29 @@ def _word_pattern(word: str) -> regex.Pattern:
 
 def count_bullets(text: str) -> int:
     """Lines starting (after optional indentation) with ``-``, ``*``, ``•``, ``N.`` or ``N)``
-    and then text; nested bullets count, horizontal rules do not (see :class:`BulletCount`)."""
-    return sum(1 for line in text.splitlines() if _is_bullet(line))
+    and then text; nested bullets count, horizontal rules and lines inside a fenced code block
+    do not (see :class:`BulletCount`)."""
+    return sum(1 for line in _outside_code_fences(text.splitlines()) if _is_bullet(line))
+
+
+def _outside_code_fences(lines: list[str]) -> list[str]:
+    """``lines`` without fenced code blocks (CommonMark: a run of 3+ backticks or tildes,
+    indented at most 3 spaces, closed by a run of the same character at least as long; an
+    unclosed fence runs to the end). A ``- x`` line of code or YAML is not a bullet to a reader.
+    """
+    kept: list[str] = []
+    fence: str | None = None
+    for line in lines:
+        match = _FENCE.match(line)
+        if fence is None:
+            if match:
+                fence = match.group(1)
+            else:
+                kept.append(line)
+        elif match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) \
+                and not line.strip().lstrip(fence[0]):
+            fence = None
+    return kept
 
 
 def _is_bullet(line: str) -> bool:

@@ -158,7 +158,7 @@ def load_prompt_records(path: str | Path, field: str = "prompt") -> list[PromptR
 
 def _record(path: Path, no: int, line: str, field: str) -> PromptRecord:
     try:
-        row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+        row = _plain(json.loads(line, object_pairs_hook=_KeyedObject.from_pairs))
     except json.JSONDecodeError as exc:
         raise ConfigError(path, f"invalid JSON: {exc.msg}", line=no) from None
     except _DuplicateKey as exc:
@@ -190,24 +190,48 @@ def _id(value: str | float | None) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
+class _KeyedObject(dict):
+    """A JSON object that remembers the first key its text gave twice (json.loads keeps the
+    last of two equal keys without a word; YAML files refuse them)."""
+
+    duplicate: str | None = None
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _KeyedObject:
+        obj = cls()
+        for key, value in pairs:
+            if key in obj and obj.duplicate is None:
+                obj.duplicate = key
+            obj[key] = value
+        return obj
+
+
+def _plain(value: Any, where: str = "") -> Any:
+    """``value`` with plain dicts; at the first key given twice, :class:`_DuplicateKey` says
+    where it is (``checks[0].kind``)."""
+    if isinstance(value, _KeyedObject):
+        if value.duplicate is not None:
+            raise _DuplicateKey(_join(where, value.duplicate))
+        return {k: _plain(v, _join(where, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
 class _DuplicateKey(Exception):
     pass
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json.loads keeps the last of two equal keys without a word; YAML files refuse them.
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _DuplicateKey(key)
-        seen[key] = value
-    return seen
-
-
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false",
-             int: "a number", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
+    # bool before int: True is an int too
+    names = [(bool, "true/false"), (dict, "an object"), (list, "a list"), (str, "a string"),
+             (int | float, "a number"), (type(None), "null")]
+    return next((name for kind, name in names if isinstance(value, kind)),
+                type(value).__name__)
 
 
 def _check_field_names(path: Path, no: int, row: dict[str, Any], field: str) -> None:

@@ -309,6 +309,19 @@ def test_counting_bullets_and_paragraphs() -> None:
     assert count_bullets("- a\n\t- nested\n   10) ten\n\u2022 dot\n") == 4
     assert count_bullets("-\n- \n*\n1.\n") == 0  # a marker without text is not a bullet
     assert count_bullets("- - -\n___\n**bold** text") == 0
+
+
+def test_bullets_inside_a_code_fence_do_not_count() -> None:
+    yaml_block = "Steps:\n- one\n```yaml\n- a: 1\n- b: 2\n```\n- two\n"
+    assert count_bullets(yaml_block) == 2
+    # a longer closing run closes; a shorter run or another character does not
+    assert count_bullets("````\n- x\n```\n- y\n~~~~\n- z\n````\n- w") == 1
+    assert count_bullets("~~~\n- x\n~~~\n- y") == 1
+    # a closing fence takes nothing after it but spaces; an unclosed fence runs to the end
+    assert count_bullets("```\n- x\n``` not closed\n- y\n```  \n- z") == 1
+    assert count_bullets("- a\n   ```\n- b\n- c") == 1
+    # four spaces of indent is an indented code line, not a fence
+    assert count_bullets("    ```\n- a\n- b") == 2
     assert count_paragraphs("") == 0
     assert count_paragraphs("one line") == 1
     assert count_paragraphs("a\r\n\r\nb") == 2

@@ -77,7 +77,11 @@ def test_bad_prompt_checks_are_located(tmp_path, checks, field, message):
         ('{"promt": "Say hi."}', "promt", "did you mean 'prompt'?"),
         ('{"prompt": "a", "prompt": "b"}', "prompt", "given twice in one object"),
         ('{"prompt": "Say hi.", "checks": [{"kind": "lowercase", "kind": "no_commas"}]}',
-         "kind", "given twice"),
+         "checks[0].kind", "given twice"),
+        ('{"prompt": "Hi.", "checks": [{"kind": "lowercase"}, {"kind": "ends_with", '
+         '"value": "a", "value": "b"}]}', "checks[1].value", "given twice"),
+        ('{"prompt": "Hi.", "meta": {"tags": [{"x": 1}, {"y": 1, "y": 2}]}}', "meta.tags[1].y",
+         "given twice"),
         ('{"prompt": "Say hi.", "check": [{"kind": "lowercase"}]}', "check",
          "did you mean 'checks'?"),
         ('{"prompt": "Say hi.", "Checks": []}', "Checks", "did you mean 'checks'?"),
