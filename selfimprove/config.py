@@ -100,6 +100,17 @@ class GateConfig(BaseModel):
     min_mean_words: float | None = Field(
         default=8.0, ge=0.0, description="the candidate's mean answer length, at least"
     )
+    max_kind_drop: float | None = Field(
+        default=0.25, ge=0.0, le=1.0,
+        description="the pass rate of any one check kind may fall at most this much below the "
+        "higher of the incumbent's and the base's: a candidate that buys one instruction with "
+        "another is different, not better",
+    )
+    min_kind_responses: int = Field(
+        default=8, ge=1,
+        description="a check kind counts for max_kind_drop only where it applied to at least "
+        "this many held-out answers (on fewer, one answer moves the rate too far)",
+    )
     require_improvement: bool = Field(
         default=True, description="promote only on measured improvement: fewer held-out "
         "violations than the incumbent, or a judge that is not near chance whose win-rate "

@@ -21,7 +21,8 @@ from selfimprove.sources import PromptRecord
 from selfimprove.types import CheckResult, Message, PolicyRef, SamplingParams
 
 __all__ = [
-    "PolicyEval", "check_pass_rates", "evaluate_policy", "kind_pass_rates", "retention_texts"
+    "PolicyEval", "check_pass_rates", "evaluate_policy", "kind_counts", "kind_pass_rates",
+    "retention_texts",
 ]
 
 
@@ -50,6 +51,9 @@ class PolicyEval(BaseModel):
         default_factory=dict,
         description="share of passed checks of each kind, among the responses it applied to "
         "(prompt checks apply to their own prompt only)",
+    )
+    kind_counts: dict[str, int] = Field(
+        default_factory=dict, description="how many responses each check kind applied to"
     )
     degeneration: DegenerationStats | None = None
 
@@ -105,19 +109,31 @@ async def evaluate_policy(
         finish_reasons=finish,
         check_pass_rates=check_pass_rates(results),
         kind_pass_rates=kind_pass_rates(results),
+        kind_counts=kind_counts(results),
         degeneration=degeneration_stats(responses, finish),
     )
 
 
 def kind_pass_rates(results: Sequence[Sequence[CheckResult]]) -> dict[str, float]:
     """Share of passed checks of each kind, over the responses each check applied to."""
+    tally = _kind_tally(results)
+    return {kind: passed / total for kind, (passed, total) in tally.items()}
+
+
+def kind_counts(results: Sequence[Sequence[CheckResult]]) -> dict[str, int]:
+    """How many checks of each kind were run (a response's two checks of one kind count
+    twice, as in :func:`kind_pass_rates`)."""
+    return {kind: total for kind, (_, total) in _kind_tally(results).items()}
+
+
+def _kind_tally(results: Sequence[Sequence[CheckResult]]) -> dict[str, tuple[int, int]]:
     seen: dict[str, list[int]] = {}
     for checks in results:
         for c in checks:
             tally = seen.setdefault(c.kind, [0, 0])
             tally[0] += int(c.passed)
             tally[1] += 1
-    return {kind: passed / total for kind, (passed, total) in sorted(seen.items())}
+    return {kind: (passed, total) for kind, (passed, total) in sorted(seen.items())}
 
 
 def check_pass_rates(results: Sequence[Sequence[CheckResult]]) -> dict[str, float]:

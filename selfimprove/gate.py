@@ -10,6 +10,8 @@ on these guards, each optional:
 - **retention**: the relative increase of the mean per-token NLL on a small fixed set of
   general text (``data/retention.txt``) catches forgetting; measured when the backend has
   ``sequence_nll``;
+- **kinds**: no check kind's pass rate may fall more than a tolerance below the better of
+  the incumbent's and the base's (one instruction bought with another is not better);
 - **degeneration**: repetition, truncation (hit the token cap without ending) and near-empty
   rates must not rise beyond a tolerance over the better of the incumbent and the base (v0),
   and mean length must stay above a floor. A loop whose checks reward saying less would
@@ -45,6 +47,7 @@ __all__ = [
     "count_verdicts",
     "degeneration_reasons",
     "gate",
+    "kind_drop_reasons",
     "length_ratio",
     "retention_increase",
     "thresholds_passed",
@@ -186,6 +189,7 @@ def _failed_thresholds(
     reasons: list[str] = []
     unchecked: list[str] = []
     reasons += degeneration_reasons(cand, [inc, baseline], cfg)
+    reasons += kind_drop_reasons(cand, [inc, baseline], cfg)
     if cfg.min_win_rate is not None:
         rate = counts.win_rate
         if rate is None:
@@ -284,6 +288,32 @@ def degeneration_reasons(
         reasons.append(
             f"mean length {stats.mean_words:.1f} words < floor {cfg.min_mean_words:g}"
         )
+    return reasons
+
+
+def kind_drop_reasons(
+    cand: PolicyEval, references: Sequence[PolicyEval | None], cfg: GateConfig
+) -> list[str]:
+    """Check kinds whose pass rate fell more than ``cfg.max_kind_drop`` below the best of
+    ``references`` (kinds run on fewer than ``cfg.min_kind_responses`` answers on either side
+    are left out). The overall violation rate can stay level while one instruction is given
+    up for another; measured on the instructions job, DPO took ``ends_with`` from 0.38 to 0.06
+    while other kinds rose."""
+    if cfg.max_kind_drop is None:
+        return []
+    reasons: list[str] = []
+    for kind, rate in cand.kind_pass_rates.items():
+        if cand.kind_counts.get(kind, 0) < cfg.min_kind_responses:
+            continue
+        known = [r.kind_pass_rates[kind] for r in references
+                 if r is not None and kind in r.kind_pass_rates
+                 and r.kind_counts.get(kind, 0) >= cfg.min_kind_responses]
+        if not known:
+            continue
+        best = max(known)
+        if rate < best - cfg.max_kind_drop - _EPS:
+            reasons.append(f"{kind} pass rate {rate:.2f} < {best:.2f} - {cfg.max_kind_drop:.2f} "
+                           f"(on {cand.kind_counts[kind]} answers)")
     return reasons
 
 

@@ -19,13 +19,21 @@ from selfimprove.config import GateConfig, RunConfig, load_config
 from selfimprove.constitution import load_constitution
 from selfimprove.degeneration import DegenerationStats
 from selfimprove.errors import ConfigError
-from selfimprove.evaluation import PolicyEval, check_pass_rates, evaluate_policy, retention_texts
+from selfimprove.evaluation import (
+    PolicyEval,
+    check_pass_rates,
+    evaluate_policy,
+    kind_counts,
+    kind_pass_rates,
+    retention_texts,
+)
 from selfimprove.gate import (
     GateResult,
     VerdictCounts,
     count_verdicts,
     degeneration_reasons,
     gate,
+    kind_drop_reasons,
     thresholds_passed,
     wilson_interval,
     win_rate,
@@ -613,6 +621,52 @@ def test_degeneration_reasons_pure():
     # thresholds_passed applies them, with the baseline as a reference
     passed, reasons = thresholds_passed(cand, inc, VerdictCounts(wins=1), cfg, baseline=base)
     assert not passed and reasons[0].startswith("repetition rate 0.20 > 0.10")
+
+
+def kinds(version: str, **rates: tuple[float, int]) -> PolicyEval:
+    """An eval with per-kind pass rates and how many answers each kind applied to."""
+    return PolicyEval(version=version, violation_rate=0.5, mean_words=20.0, n_prompts=48,
+                      kind_pass_rates={k: r for k, (r, _) in rates.items()},
+                      kind_counts={k: n for k, (_, n) in rates.items()})
+
+
+def test_kind_drop_guard_catches_one_instruction_bought_with_another():
+    """As measured on the instructions job: ends_with 0.38 -> 0.06 while starts_with rose,
+    and the violation rate alone did not rise."""
+    cfg = GateConfig()
+    base = kinds("v0", ends_with=(0.38, 13), starts_with=(0.15, 13), lowercase=(0.0, 9))
+    cand = kinds("v2", ends_with=(0.06, 13), starts_with=(0.62, 13), lowercase=(0.0, 9))
+    assert kind_drop_reasons(cand, [base], cfg) == [
+        "ends_with pass rate 0.06 < 0.38 - 0.25 (on 13 answers)"]
+    # the higher of incumbent and base is the reference, so drops cannot add up
+    inc = kinds("v1", ends_with=(0.20, 13))
+    assert kind_drop_reasons(kinds("v2", ends_with=(0.12, 13)), [inc, base], cfg) == [
+        "ends_with pass rate 0.12 < 0.38 - 0.25 (on 13 answers)"]
+    assert kind_drop_reasons(kinds("v2", ends_with=(0.12, 13)), [inc], cfg) == []
+    # exactly at the tolerance passes; a kind on too few answers (either side) is left out
+    assert kind_drop_reasons(kinds("v2", ends_with=(0.13, 13)), [base], cfg) == []
+    assert kind_drop_reasons(kinds("v2", ends_with=(0.0, 7)), [base], cfg) == []
+    assert kind_drop_reasons(cand, [kinds("v0", ends_with=(0.38, 7))], cfg) == []
+    # an old record without counts, a missing reference, the guard switched off
+    assert kind_drop_reasons(cand, [base.model_copy(update={"kind_counts": {}})], cfg) == []
+    assert kind_drop_reasons(cand, [None], cfg) == []
+    assert kind_drop_reasons(cand, [base], GateConfig(max_kind_drop=None)) == []
+    # thresholds_passed applies it with the baseline as a reference
+    passed, reasons = thresholds_passed(cand, kinds("v1", ends_with=(0.1, 13)),
+                                        VerdictCounts(wins=5), cfg, baseline=base)
+    assert not passed and "ends_with pass rate 0.06 < 0.38 - 0.25 (on 13 answers)" in reasons
+
+
+def test_kind_counts_count_each_check_run():
+    from selfimprove.types import CheckResult
+
+    def res(kind: str, ok: bool) -> CheckResult:
+        return CheckResult(check_id=kind, kind=kind, passed=ok, hard=True)
+
+    results = [[res("lowercase", True), res("ends_with", False)], [res("lowercase", False)], []]
+    assert kind_counts(results) == {"ends_with": 1, "lowercase": 2}
+    assert kind_pass_rates(results) == {"ends_with": 0.0, "lowercase": 0.5}
+    assert kind_counts([]) == {}
 
 
 def test_gate_config_refuses_impossible_thresholds(tmp_path):
