@@ -135,3 +135,16 @@ def test_cli_eval_save_needs_unseen_prompts_and_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--prompts: " in err and "are training prompts of this run" in err
     assert not (run_dir / "evals" / "transfer").exists()
+
+
+def test_cli_eval_json_counts_passes_and_answers_per_kind():
+    from selfimprove.cli.eval import _summary
+    from selfimprove.evaluation import PolicyEval
+
+    e = PolicyEval(version="v1", violation_rate=1 / 3, mean_words=5.0, n_prompts=3,
+                   passes_checks=[True, False, True], kind_pass_rates={"lowercase": 0.5},
+                   kind_counts={"lowercase": 2})
+    summary = _summary(e)
+    assert summary["passes_all_checks"] == 2
+    assert summary["kind_counts"] == {"lowercase": 2}
+    assert summary["kind_pass_rates"] == {"lowercase": 0.5}

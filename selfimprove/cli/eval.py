@@ -131,6 +131,8 @@ def _summary(e) -> dict:
         "violation_rate": e.violation_rate,
         "check_pass_rates": e.check_pass_rates,
         "kind_pass_rates": e.kind_pass_rates,
+        "kind_counts": e.kind_counts,
+        "passes_all_checks": sum(e.passes_checks),
         "repetition_rate": d.repetition_rate if d else None,
         "truncation_rate": d.truncation_rate if d else None,
         "near_empty_rate": d.near_empty_rate if d else None,
