@@ -283,6 +283,35 @@ def test_load_store_data_names_the_shards_of_its_kind(run_dir: Path) -> None:
     assert len(sft) == 8 and [u.kind for u in used] == ["sft"]
 
 
+def test_load_store_data_leaves_out_the_rows_of_named_strategies(tmp_path: Path, capsys) -> None:
+    from selfimprove.errors import StoreError
+    from selfimprove.store import PreferenceStore, content_hash
+    from selfimprove.training.policy import load_store_data
+
+    store = PreferenceStore(tmp_path, heldout_fraction=0.0)
+    for shard, first, strategies in (("c1", 0, ["revision", "bare_phrases", "revision"]),
+                                     ("c2", 3, ["bare_phrases", "best_of_n"])):
+        rows = []
+        for i, strategy in enumerate(strategies, start=first):
+            row = {**pair_rows()[i], **_provenance(i), "decided_by": "checks",
+                   "strategy": strategy, "prompt_id": f"{shard}-{i}"}
+            rows.append({**row, "content_hash": content_hash(row)})
+        store.append(rows, [], shard_id=shard)
+    pairs, used = load_store_data(tmp_path, "dpo", ["bare_phrases"])
+    assert list(pairs["strategy"]) == ["revision", "revision", "best_of_n"]
+    assert [(u.name, u.rows) for u in used] == [
+        ("c1.parquet without bare_phrases", 2), ("c2.parquet without bare_phrases", 1)]
+    # a strategy the store does not hold is named, not silently ignored (a typo trains on all)
+    with pytest.raises(StoreError, match=r"no DPO rows of strategy 'bare_phrase' to leave out "
+                                         r"\(the rows' strategies: bare_phrases, best_of_n, "
+                                         r"revision\)"):
+        load_store_data(tmp_path, "dpo", ["bare_phrase"])
+    with pytest.raises(StoreError, match="no rows to train DPO on once those strategies"):
+        load_store_data(tmp_path, "dpo", ["revision", "bare_phrases", "best_of_n"])
+    assert cli("train", "dpo", str(tmp_path), "--exclude-strategy", "nope", "--no-progress") == 2
+    assert "no DPO rows of strategy 'nope'" in capsys.readouterr().err
+
+
 # -- real training on the embedded model -------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,16 +130,39 @@ def commit(
     return registry.promote(ref.version) if promote else ref
 
 
-def load_store_data(run_dir: Path, method: Method) -> tuple[datasets.Dataset, list[DataUsed]]:
-    """The run's training rows for ``method`` and the shards they come from."""
+def load_store_data(
+    run_dir: Path, method: Method, exclude_strategies: Sequence[str] = ()
+) -> tuple[datasets.Dataset, list[DataUsed]]:
+    """The run's training rows for ``method`` and the shards they come from, without the rows
+    of ``exclude_strategies`` (an ablation: what do the bare pairs, or the repairs, teach?)."""
     from selfimprove.errors import StoreError
     from selfimprove.store import PreferenceStore
 
     store = PreferenceStore(run_dir, readonly=True)
     dataset, shards = store.training_data(method)
+    used = [DataUsed(name=s.name, rows=s.rows, kind=s.kind) for s in shards]
+    if exclude_strategies:
+        excluded = list(dict.fromkeys(exclude_strategies))
+        strategies = list(dataset["strategy"]) if len(dataset) else []
+        missing = [s for s in excluded if s not in strategies]
+        if missing:
+            raise StoreError(f"{store.dir}: no {method.upper()} rows of strategy "
+                             f"{', '.join(map(repr, missing))} to leave out (the rows' "
+                             f"strategies: {', '.join(sorted(set(strategies))) or 'none'})")
+        keep = [i for i, s in enumerate(strategies) if s not in excluded]
+        # the rows come shard after shard, in the shards' order
+        bounds, start = [], 0
+        for s in shards:
+            bounds.append((s, start, start + s.rows))
+            start += s.rows
+        without = f" without {', '.join(excluded)}"
+        used = [DataUsed(name=s.name + without, rows=sum(lo <= i < hi for i in keep), kind=s.kind)
+                for s, lo, hi in bounds]
+        dataset = dataset.select(keep)
     if len(dataset) == 0:
-        raise StoreError(f"{store.dir}: no rows to train {method.upper()} on")
-    return dataset, [DataUsed(name=s.name, rows=s.rows, kind=s.kind) for s in shards]
+        left = " once those strategies are left out" if exclude_strategies else ""
+        raise StoreError(f"{store.dir}: no rows to train {method.upper()} on{left}")
+    return dataset, used
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +179,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="make the new version current (default: yes)",
+    )
+    parser.add_argument(
+        "--exclude-strategy", action="append", default=[], metavar="STRATEGY",
+        help="leave out the store's rows of this strategy (e.g. bare_phrases); repeatable",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -201,7 +228,8 @@ def run_training(args: argparse.Namespace) -> int:
         args.method,
         {"max_steps": args.max_steps, "learning_rate": args.learning_rate},
     )
-    dataset, used = load_store_data(args.run_dir, args.method)
+    dataset, used = load_store_data(args.run_dir, args.method,
+                                    getattr(args, "exclude_strategy", None) or ())
     # Initialised here (the trainer reuses it): the staging path must be shared before training.
     # ``accelerate launch --cpu`` (or ACCELERATE_USE_CPU=1 under torchrun) selects gloo on CPUs.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
