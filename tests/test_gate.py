@@ -631,8 +631,7 @@ def kinds(version: str, **rates: tuple[float, int]) -> PolicyEval:
 
 
 def test_kind_drop_guard_catches_one_instruction_bought_with_another():
-    """As measured on the instructions job: ends_with 0.38 -> 0.06 while starts_with rose,
-    and the violation rate alone did not rise."""
+    """A kind given up while another rose, the violation rate alone not rising."""
     cfg = GateConfig()
     base = kinds("v0", ends_with=(0.38, 13), starts_with=(0.15, 13), lowercase=(0.0, 9))
     cand = kinds("v2", ends_with=(0.06, 13), starts_with=(0.62, 13), lowercase=(0.0, 9))
