@@ -28,7 +28,7 @@ from selfimprove.sources import load_prompts
 from selfimprove.types import Message, SamplingParams
 from selfimprove.wiring import critique_context
 
-# The main job's settings, so the benchmark measures the loop that `make demo` runs.
+# The concise job's settings (a short loop with every model role: critic, reviser, judge).
 MAIN_JOB = load_config(Path(__file__).resolve().parent.parent / "examples/configs/concise-cpu.yaml",
                        RunConfig)
 ROLES = MAIN_JOB.critique.roles
