@@ -163,6 +163,8 @@ def _record(path: Path, no: int, line: str, field: str) -> PromptRecord:
         raise ConfigError(path, f"invalid JSON: {exc.msg}", line=no) from None
     except _DuplicateKey as exc:
         raise ConfigError(path, "given twice in one object", line=no, field=str(exc)) from None
+    except RecursionError:
+        raise ConfigError(path, "JSON nested too deeply", line=no) from None
     if not isinstance(row, dict):
         raise ConfigError(path, f"each line must be a JSON object, not {_json_type(row)}",
                           line=no)

@@ -89,6 +89,8 @@ def test_bad_prompt_checks_are_located(tmp_path, checks, field, message):
         ('{"prompt": "Say hi.", "id": true}', "id", "not true/false"),
         ('["Say hi."]', None, "each line must be a JSON object, not a list"),
         ('{"prompt": "Say hi.",}', None, "invalid JSON"),
+        ('{"prompt": "Hi.", "meta": ' + "[" * 5000 + "]" * 5000 + "}", None,
+         "JSON nested too deeply"),
     ],
 )
 def test_bad_prompt_records_are_located(tmp_path, line, field, message):
