@@ -248,6 +248,24 @@ def backend():
     b.close()
 
 
+# The engine's outputs are not bitwise reproducible between calls (vLLM promises no batch
+# invariance; on a 2-core CPU one of two greedy 12-token answers came out different in one of
+# three identical calls, with or without prefix caching): where two answers nearly tie at a
+# token, either may come. So answers to the same request are compared on their first words,
+# which a misrouted or unserved request changes; where the engine's numbers matter, the
+# first-token log-probabilities are compared with a tolerance.
+
+
+def same_start(a: str, b: str, words: int = 3) -> bool:
+    return a.split()[:words] == b.split()[:words]
+
+
+def agreeing(a: list[str], b: list[str]) -> int:
+    """How many of ``a`` and ``b`` are the same texts, position by position."""
+    assert len(a) == len(b)
+    return sum(x == y for x, y in zip(a, b, strict=True))
+
+
 @pytest.mark.slow
 async def test_generate_greedy_n_seed_and_stop(backend):
     greedy = SamplingParams(max_new_tokens=12)
@@ -257,17 +275,18 @@ async def test_generate_greedy_n_seed_and_stop(backend):
     alone = await asyncio.gather(*(backend.generate([conv(p)], greedy) for p in PROMPTS))
     texts = [c[0].text for c in batch]
     assert all(t.strip() for t in texts)
-    assert texts == [c[0].text for c in again] == [a[0][0].text for a in alone]
+    for other in ([c[0].text for c in again], [a[0][0].text for a in alone]):
+        assert all(same_start(x, y) for x, y in zip(texts, other, strict=True)), (texts, other)
     assert all(0 < c[0].num_tokens <= 12 for c in batch)
     assert all(c[0].finish_reason == "length" for c in batch if c[0].num_tokens == 12)
 
     (copies,) = await backend.generate([conv(PROMPTS[0])], greedy.model_copy(update={"n": 3}))
-    assert [c.text for c in copies] == [texts[0]] * 3
+    assert len({c.text for c in copies}) == 1 and same_start(copies[0].text, texts[0])
 
     sampled = SamplingParams(max_new_tokens=8, temperature=1.0, n=3, seed=11)
     (first,) = await backend.generate([conv(PROMPTS[0])], sampled)
     (second,) = await backend.generate([conv(PROMPTS[0])], sampled)
-    assert len(first) == 3 and [c.text for c in first] == [c.text for c in second]
+    assert len(first) == 3 and agreeing([c.text for c in first], [c.text for c in second]) >= 2
     (other,) = await backend.generate(
         [conv(PROMPTS[0])], sampled.model_copy(update={"seed": 12})
     )
@@ -279,7 +298,9 @@ async def test_generate_greedy_n_seed_and_stop(backend):
     ((cut,),) = await backend.generate(
         [conv(PROMPTS[0])], greedy.model_copy(update={"stop": (stop,)})
     )
-    assert cut.text == texts[0][: texts[0].find(stop)] and cut.finish_reason == "stop"
+    assert cut.finish_reason == "stop" and stop not in cut.text
+    assert cut.text.split() == texts[0][: texts[0].find(stop)].split() or same_start(
+        cut.text, texts[0]), (cut.text, texts[0], stop)
 
 
 @pytest.mark.slow
@@ -291,8 +312,11 @@ async def test_seeded_samples_over_one_engine_steps_token_budget(backend):
     params = SamplingParams(max_new_tokens=4, temperature=1.0, n=2, seed=7)
     first = await backend.generate(convs, params)
     second = await backend.generate(convs, params)
-    assert [len(out) for out in first] == [2] * 8
-    assert [[c.text for c in out] for out in first] == [[c.text for c in out] for out in second]
+    assert [len(out) for out in first] == [len(out) for out in second] == [2] * 8
+    assert all(c.num_tokens > 0 for out in first + second for c in out)
+    # the seeds are honoured: most prompts' samples repeat (see same_start for why not all)
+    texts = [[c.text for c in out] for out in first], [[c.text for c in out] for out in second]
+    assert agreeing(*texts) >= 6, texts
 
 
 @pytest.mark.slow
@@ -323,7 +347,14 @@ async def test_option_logprobs_rank_the_greedy_token_first(backend):
 async def test_adapter_switching(backend, adapter_dir):
     greedy = SamplingParams(max_new_tokens=12)
     prompts = [conv(p) for p in PROMPTS]
+    options = ["The", "Hello", "Ada", "A", "Sure", "Hi"]
+
+    async def best_first_token() -> list[float]:
+        """Each prompt's highest first-token log-probability among ``options``."""
+        return [max(lps.values()) for lps in await backend.option_logprobs(prompts, options)]
+
     base = [c[0].text for c in await backend.generate(prompts, greedy)]
+    base_top = await best_first_token()
     base_nll = await backend.sequence_nll(NLL_TEXTS)
 
     v1 = PolicyRef(version="v1", adapter_path=adapter_dir)
@@ -331,6 +362,8 @@ async def test_adapter_switching(backend, adapter_dir):
     assert backend.policy == v1
     tuned = [c[0].text for c in await backend.generate(prompts, greedy)]
     assert tuned != base
+    # the random adapter moves the first token's log-probability by ~2.5 (bfloat16 noise ~0.03)
+    assert all(abs(t - b) > 0.5 for t, b in zip(await best_first_token(), base_top, strict=True))
     # with LoRA on, a transformers copy with the same adapter scores the texts
     tuned_nll = await backend.sequence_nll(NLL_TEXTS)
     assert tuned_nll != base_nll
@@ -341,7 +374,9 @@ async def test_adapter_switching(backend, adapter_dir):
     assert backend.policy == v1
 
     await backend.load_policy(PolicyRef(version="v0"))
-    assert [c[0].text for c in await backend.generate(prompts, greedy)] == base
+    restored = [c[0].text for c in await backend.generate(prompts, greedy)]
+    assert all(same_start(r, b) for r, b in zip(restored, base, strict=True)), (restored, base)
+    assert await best_first_token() == pytest.approx(base_top, abs=0.1)
     assert await backend.sequence_nll(NLL_TEXTS) == pytest.approx(base_nll)
 
 
@@ -427,7 +462,8 @@ def test_merged_versions_engine_scores_nll_itself_and_closing_stops_its_processe
 
     asyncio.run(b.load_policy(PolicyRef(version="v0")))
     engines |= children() - before
-    assert asyncio.run(answers()) == base
+    restored = asyncio.run(answers())
+    assert all(same_start(r, b) for r, b in zip(restored, base, strict=True)), (restored, base)
 
     b.close()
     gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in engines
