@@ -41,7 +41,9 @@ def policy_eval(
         version=version, violation_rate=violation_rate, mean_words=words, retention_nll=nll,
         n_prompts=len(PROMPTS), prompts=PROMPTS,
         responses=[f"{version} says: answer {i} | with a pipe" for i in range(len(PROMPTS))],
-        passes_checks=[True] * len(PROMPTS),
+        # the first prompts pass, as many as the violation rate leaves
+        passes_checks=[i < round((1 - violation_rate) * len(PROMPTS))
+                       for i in range(len(PROMPTS))],
         check_pass_rates=pass_rates or {}, degeneration=deg,
     )
 
@@ -145,6 +147,8 @@ def test_report_has_headline_table_plots_and_examples(tmp_path):
     assert "| held-out prompts | 4 |" in text
     assert ("- Violation rate: v0 0.50 → v1 0.25 on 4 held-out prompts "
             "(50% relative reduction).") in text
+    assert ("- Passes every check: v1 3 vs v0 2 of 4 (gained 1, lost 0; McNemar p = 1): "
+            "within what chance gives.") in text
     assert ("- Retention (mean NLL per token on general text): v0 2.000 → v1 2.020 (+1.0%)."
             in text)
     assert "- Cycles: 3; promoted 1, current version **v1**." in text
@@ -267,6 +271,8 @@ def test_loop_vs_control(tmp_path):
         "| control: v1 | 4 | 0.40 | 0.00 | 0.00 | 0.50 | 20.0 | 2.100 |",
     ]
     assert "On held-out violations the loop beat the control (0.25 vs 0.40)." in body
+    assert ("Prompt by prompt: loop v1 3 vs control v1 2 of 4 (gained 1, lost 0; McNemar "
+            "p = 1): within what chance gives." in body)
     # a control that does better is reported as such
     better = control_cycles()
     better[0]["eval"]["candidate"]["violation_rate"] = 0.1

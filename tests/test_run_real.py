@@ -110,8 +110,12 @@ def test_run_killed_and_resumed_on_embedded_model(tmp_path):
     later.write_text("".join(json.dumps({"prompt": p, "checks": [{"kind": "ends_with",
                                                                   "value": "."}]}) + "\n"
                              for p in asked))
-    evaluated = cli("eval", str(run_dir), "--prompts", str(later), "--versions", "v0", "--save")
+    evaluated = cli("eval", str(run_dir), "--prompts", str(later), "--versions", "v0,v1",
+                    "--save")
     out, _ = evaluated.communicate(timeout=600)
     assert evaluated.returncode == 0, out.decode()[-3000:]
     assert RunDir(run_dir).load_transfer("later", "v0").prompts == asked
+    # v1 against v0 prompt by prompt, whether or not it was promoted
+    passes = [sum(RunDir(run_dir).load_transfer("later", v).passes_checks) for v in ("v0", "v1")]
+    assert f"passes every check: v1 {passes[1]} vs v0 {passes[0]} of 4 (gained" in out.decode()
     assert "### later" in (run_dir / "report.md").read_text()

@@ -94,7 +94,8 @@ def test_each_arm_answers_the_sets_after_its_cycles_and_the_report_compares(tmp_
     section = report.split("## Prompt sets training never saw")[1].split("\n## ")[0]
     assert "### unseen" in section and "| loop: v1 | 2 | 0.00 |" in section
     assert "| control: v1 | 2 | 0.00 |" in section and "| v0 | 2 | 1.00 |" in section
-    assert "- loop: v1 passes every check on 2 of 2 prompts, v0 on 0: rose." in section
+    assert ("- loop: v1 passes every check on 2 of 2 prompts, v0 on 0: rose (gained 2, lost 0; "
+            "McNemar p = 0.5: within what chance gives)." in section)
     # per check kind: the constitution's and the prompts' own
     assert "| version | max_words | min_words |\n|---|---|---|\n| v0 | 0.00 | 1.00 |" in section
     assert "### unseen" in (run_dir / "control" / "report.md").read_text()

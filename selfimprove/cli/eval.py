@@ -3,7 +3,8 @@
 Greedy by default (the run's gate sampling), the same prompts for every version: the held-out
 prompts of the run, or a prompt file. Per version it prints the violation rate and each
 check's pass rate, and what training did not target: repetition, truncation at the token cap,
-near-empty answers, mean length and retention NLL.
+near-empty answers, mean length and retention NLL; then each later version against the first,
+prompt by prompt (prompts gained and lost, exact McNemar p-value).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def _versions(spec: str, registry) -> list[str]:
 
 def run_eval(args: argparse.Namespace) -> int:
     from selfimprove.errors import ConfigError
+    from selfimprove.paired import paired_passes
     from selfimprove.registry import PolicyRegistry
     from selfimprove.rundir import RunDir
     from selfimprove.runner import load_run_config, prepare
@@ -85,11 +87,16 @@ def run_eval(args: argparse.Namespace) -> int:
     evals = asyncio.run(_evaluate(cfg, registry, versions, prompts))
     if args.save:
         _save(run, transfer_set_name(args.prompts), evals)
+    # each later version against the first, prompt by prompt
+    paired = [paired_passes(evals[0], e) for e in evals[1:]]
     if args.json:
         print(json.dumps({"source": source, "prompts": len(prompts),
-                          "versions": [_summary(e) for e in evals]}, indent=2))
+                          "versions": [_summary(e) for e in evals],
+                          "paired": [p.model_dump() for p in paired]}, indent=2))
     else:
         _print_table(evals, source)
+        for p in paired:
+            print(f"passes every check: {p.summary()}")
     return 0
 
 
