@@ -51,6 +51,9 @@ def test_three_cycles_promote_then_reject(tmp_path):
     first_cycle = order[: order.index("record") + 1]
     dedup = [s for i, s in enumerate(first_cycle) if i == 0 or first_cycle[i - 1] != s]
     assert dedup == ["sample", "critique", "harvest", "train", "evaluate", "decide", "record"]
+    # the gate's line counts the candidate's gains prompt by prompt
+    gated = [m for s, m in stages if s == "evaluate" and "win rate" in m]
+    assert "passes every check: v1 " in gated[0] and "McNemar p = " in gated[0], gated
     assert (run_dir / "report.md").is_file()
     assert json.loads((run_dir / "cycles" / "cycle-0002.json").read_text())["decision"] == (
         "rejected"
