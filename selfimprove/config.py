@@ -116,6 +116,13 @@ class GateConfig(BaseModel):
         "violations than the incumbent, or a judge that is not near chance whose win-rate "
         "interval lies above 0.5 (passing every guard alone is 'no worse', not 'better')",
     )
+    max_p_value: float | None = Field(
+        default=None, gt=0.0, le=1.0,
+        description="with require_improvement: fewer violations count as improvement only "
+        "where the candidate's gains over the incumbent, prompt by prompt, have an exact "
+        "McNemar p-value at most this (e.g. 0.05). Off by default: on a few dozen held-out "
+        "prompts only a gain of many prompts reaches it",
+    )
     num_prompts: int = Field(default=32, ge=1, description="held-out prompts per evaluation")
     sampling: SamplingParams = Field(
         default_factory=lambda: SamplingParams(max_new_tokens=128, temperature=0.0),

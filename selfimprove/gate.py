@@ -38,6 +38,7 @@ from selfimprove.constitution import Constitution
 from selfimprove.evaluation import PolicyEval, evaluate_policy
 from selfimprove.judges.diagnostics import JudgeDiagnostics, diagnose
 from selfimprove.judges.pairwise import PairwiseJudge
+from selfimprove.paired import paired_passes
 from selfimprove.sources import PromptRecord
 from selfimprove.types import PolicyRef, Verdict
 
@@ -172,7 +173,8 @@ def thresholds_passed(
     ``judge`` (the verdicts' diagnostics) the improvement rule is checked too."""
     reasons, _ = _failed_thresholds(cand, inc, counts, cfg, baseline)
     if judge is not None and cfg.require_improvement:
-        reasons += improvement_reasons(cand, inc, _interval(counts), judge)
+        reasons += improvement_reasons(cand, inc, _interval(counts), judge,
+                                       cfg.max_p_value)
     return not reasons, reasons
 
 
@@ -239,11 +241,24 @@ def _failed_thresholds(
 
 
 def improvement_reasons(cand: PolicyEval, inc: PolicyEval, ci: tuple[float, float],
-                        diagnostics: JudgeDiagnostics) -> list[str]:
+                        diagnostics: JudgeDiagnostics,
+                        max_p_value: float | None = None) -> list[str]:
     """Why there is no evidence that ``cand`` is better (empty: there is): neither fewer
-    violations nor a judge, reliable enough to count, whose win-rate interval is above 0.5."""
+    violations nor a judge, reliable enough to count, whose win-rate interval is above 0.5.
+    With ``max_p_value``, fewer violations count only where the prompts the candidate passes
+    and the incumbent does not outnumber the reverse beyond chance (exact McNemar test)."""
+    chance = ""
     if cand.violation_rate < inc.violation_rate - _EPS:
-        return []
+        if max_p_value is None:
+            return []
+        try:
+            paired = paired_passes(inc, cand)
+        except ValueError as exc:
+            chance = f" ({exc})"
+        else:
+            if paired.p_value <= max_p_value + _EPS:
+                return []
+            chance = f" (within chance: {paired.split()} > {max_p_value:g})"
     if not diagnostics.near_chance and diagnostics.decisive and ci[0] > 0.5:
         return []
     if not diagnostics.judged:
@@ -253,7 +268,7 @@ def improvement_reasons(cand: PolicyEval, inc: PolicyEval, ci: tuple[float, floa
     else:
         judge = f"the judge's win-rate interval {ci[0]:.2f}-{ci[1]:.2f} is not above 0.5"
     return [f"no measured improvement: violations {inc.violation_rate:.2f} -> "
-            f"{cand.violation_rate:.2f} and {judge}"]
+            f"{cand.violation_rate:.2f}{chance} and {judge}"]
 
 
 def degeneration_reasons(
@@ -387,7 +402,7 @@ async def gate(
     rate = counts.win_rate
     ci = _interval(counts)
     if cfg.require_improvement:
-        reasons += improvement_reasons(cand, inc, ci, diagnostics)
+        reasons += improvement_reasons(cand, inc, ci, diagnostics, cfg.max_p_value)
     result = GateResult(
         candidate=cand,
         incumbent=inc,

@@ -781,3 +781,17 @@ async def test_fewer_violations_are_evidence_without_the_judge(constitution):
     result = await gate(backend, V1, V0, PROMPTS, constitution, GateConfig(min_mean_words=None))
     assert result.candidate.violation_rate == 0.0 < result.incumbent.violation_rate
     assert result.passed and result.reasons == []
+
+
+async def test_max_p_value_asks_fewer_violations_to_be_beyond_chance(constitution):
+    """Gaining every one of four prompts happens by chance once in eight (two-sided): enough
+    under a 0.2 bar, not under 0.05."""
+    answers = {"v0": "plain rude answer to {prompt}", "v1": "plain answer to {prompt}"}
+    backend = NllGateBackend(answers, {"v0": 2.0, "v1": 2.0}, prefer=None)
+    strict = GateConfig(min_mean_words=None, max_p_value=0.05)
+    result = await gate(backend, V1, V0, PROMPTS, constitution, strict)
+    assert not result.passed
+    assert ("violations 1.00 -> 0.00 (within chance: gained 4, lost 0; McNemar p = 0.12 > 0.05)"
+            in result.reasons[0]), result.reasons
+    loose = strict.model_copy(update={"max_p_value": 0.2})
+    assert (await gate(backend, V1, V0, PROMPTS, constitution, loose)).passed
