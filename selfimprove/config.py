@@ -103,8 +103,15 @@ class GateConfig(BaseModel):
     max_kind_drop: float | None = Field(
         default=0.25, ge=0.0, le=1.0,
         description="the pass rate of any one check kind may fall at most this much below the "
-        "higher of the incumbent's and the base's: a candidate that buys one instruction with "
-        "another is different, not better",
+        "incumbent's or the base's: a candidate that buys one instruction with another is "
+        "different, not better",
+    )
+    kind_drop_p_value: float | None = Field(
+        default=0.1, gt=0.0, le=1.0,
+        description="a kind's drop counts for max_kind_drop only where it is beyond chance: "
+        "its answers lost against those gained, prompt by prompt, have an exact McNemar "
+        "p-value at most this (0.1: five answers lost and none gained; four are not enough). "
+        "None: the drop alone decides",
     )
     min_kind_responses: int = Field(
         default=8, ge=1,

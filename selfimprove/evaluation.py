@@ -22,7 +22,7 @@ from selfimprove.types import CheckResult, Message, PolicyRef, SamplingParams
 
 __all__ = [
     "PolicyEval", "check_pass_rates", "evaluate_policy", "kind_counts", "kind_pass_rates",
-    "retention_texts",
+    "kind_results", "retention_texts",
 ]
 
 
@@ -54,6 +54,11 @@ class PolicyEval(BaseModel):
     )
     kind_counts: dict[str, int] = Field(
         default_factory=dict, description="how many responses each check kind applied to"
+    )
+    kind_results: list[dict[str, bool]] = Field(
+        default_factory=list,
+        description="per response, each check kind run on it and whether all its checks of "
+        "that kind passed (compares versions kind by kind, prompt by prompt)",
     )
     degeneration: DegenerationStats | None = None
 
@@ -110,6 +115,7 @@ async def evaluate_policy(
         check_pass_rates=check_pass_rates(results),
         kind_pass_rates=kind_pass_rates(results),
         kind_counts=kind_counts(results),
+        kind_results=[kind_results(r) for r in results],
         degeneration=degeneration_stats(responses, finish),
     )
 
@@ -124,6 +130,14 @@ def kind_counts(results: Sequence[Sequence[CheckResult]]) -> dict[str, int]:
     """How many checks of each kind were run (a response's two checks of one kind count
     twice, as in :func:`kind_pass_rates`)."""
     return {kind: total for kind, (_, total) in _kind_tally(results).items()}
+
+
+def kind_results(checks: Sequence[CheckResult]) -> dict[str, bool]:
+    """One response's check kinds, each passed only where all its checks of that kind did."""
+    out: dict[str, bool] = {}
+    for c in checks:
+        out[c.kind] = out.get(c.kind, True) and c.passed
+    return out
 
 
 def _kind_tally(results: Sequence[Sequence[CheckResult]]) -> dict[str, tuple[int, int]]:

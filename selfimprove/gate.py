@@ -10,8 +10,8 @@ on these guards, each optional:
 - **retention**: the relative increase of the mean per-token NLL on a small fixed set of
   general text (``data/retention.txt``) catches forgetting; measured when the backend has
   ``sequence_nll``;
-- **kinds**: no check kind's pass rate may fall more than a tolerance below the better of
-  the incumbent's and the base's (one instruction bought with another is not better);
+- **kinds**: no check kind's pass rate may fall more than a tolerance below the incumbent's
+  or the base's, beyond chance (one instruction bought with another is not better);
 - **degeneration**: repetition, truncation (hit the token cap without ending) and near-empty
   rates must not rise beyond a tolerance over the better of the incumbent and the base (v0),
   and mean length must stay above a floor. A loop whose checks reward saying less would
@@ -38,7 +38,7 @@ from selfimprove.constitution import Constitution
 from selfimprove.evaluation import PolicyEval, evaluate_policy
 from selfimprove.judges.diagnostics import JudgeDiagnostics, diagnose
 from selfimprove.judges.pairwise import PairwiseJudge
-from selfimprove.paired import paired_passes
+from selfimprove.paired import kind_pairs, paired_passes
 from selfimprove.sources import PromptRecord
 from selfimprove.types import PolicyRef, Verdict
 
@@ -309,28 +309,51 @@ def degeneration_reasons(
 def kind_drop_reasons(
     cand: PolicyEval, references: Sequence[PolicyEval | None], cfg: GateConfig
 ) -> list[str]:
-    """Check kinds whose pass rate fell more than ``cfg.max_kind_drop`` below the best of
-    ``references`` (kinds run on fewer than ``cfg.min_kind_responses`` answers on either side
-    are left out). The overall violation rate can stay level while one instruction is given
-    up for another (on the instructions job DPO took ``ends_with`` from 5 of 16 held-out
-    answers to 1 while other kinds rose). The tolerance is coarse on a few answers: one
-    standard error of the difference of two rates near 0.3 on 16 answers is 0.16."""
+    """Check kinds whose pass rate fell more than ``cfg.max_kind_drop`` below a reference's
+    (the incumbent's or the base's), beyond chance. The overall violation rate can stay level
+    while one instruction is given up for another (on the instructions job DPO took
+    ``ends_with`` from 5 of 16 held-out answers to 1 while other kinds rose).
+
+    Prompt by prompt where both evaluations kept ``kind_results``: a kind fails when its
+    answers lost outnumber those gained by more than the tolerance and the exact McNemar
+    p-value is at most ``cfg.kind_drop_p_value`` (a kind on 10 answers moves 0.3 when three
+    answers flip, which chance does often). Older records are compared by their rates alone.
+    Kinds run on fewer than ``cfg.min_kind_responses`` answers are left out."""
     if cfg.max_kind_drop is None:
         return []
-    reasons: list[str] = []
+    reasons: dict[str, str] = {}
+    for ref in (r for r in references if r is not None):
+        pairs = kind_pairs(ref, cand)
+        if pairs is None:
+            for kind, why in _kind_rate_drops(cand, ref, cfg).items():
+                reasons.setdefault(kind, why)
+            continue
+        for kind, pair in pairs.items():
+            if pair.answers < cfg.min_kind_responses or pair.drop <= cfg.max_kind_drop + _EPS:
+                continue
+            limit = cfg.kind_drop_p_value
+            if limit is not None and pair.p_value > limit + _EPS:
+                continue
+            reasons.setdefault(kind, (
+                f"{kind} pass rate fell {pair.drop:.2f} > {cfg.max_kind_drop:.2f} from "
+                f"{ref.version} (lost {pair.lost}, gained {pair.gained} of {pair.answers} "
+                f"answers; McNemar p = {pair.p_value:.2g})"))
+    return list(reasons.values())
+
+
+def _kind_rate_drops(cand: PolicyEval, ref: PolicyEval, cfg: GateConfig) -> dict[str, str]:
+    """The rate rule, for evaluations that cannot be paired."""
+    assert cfg.max_kind_drop is not None
+    out = {}
     for kind, rate in cand.kind_pass_rates.items():
-        if cand.kind_counts.get(kind, 0) < cfg.min_kind_responses:
+        if (min(cand.kind_counts.get(kind, 0), ref.kind_counts.get(kind, 0))
+                < cfg.min_kind_responses or kind not in ref.kind_pass_rates):
             continue
-        known = [r.kind_pass_rates[kind] for r in references
-                 if r is not None and kind in r.kind_pass_rates
-                 and r.kind_counts.get(kind, 0) >= cfg.min_kind_responses]
-        if not known:
-            continue
-        best = max(known)
-        if rate < best - cfg.max_kind_drop - _EPS:
-            reasons.append(f"{kind} pass rate {rate:.2f} < {best:.2f} - {cfg.max_kind_drop:.2f} "
-                           f"(on {cand.kind_counts[kind]} answers)")
-    return reasons
+        was = ref.kind_pass_rates[kind]
+        if rate < was - cfg.max_kind_drop - _EPS:
+            out[kind] = (f"{kind} pass rate {rate:.2f} < {was:.2f} - {cfg.max_kind_drop:.2f} "
+                         f"(on {cand.kind_counts[kind]} answers)")
+    return out
 
 
 # ---- measuring policies ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from selfimprove.evaluation import PolicyEval
 
-__all__ = ["PairedPasses", "mcnemar_exact", "paired_passes"]
+__all__ = ["KindPairs", "PairedPasses", "kind_pairs", "mcnemar_exact", "paired_passes"]
 
 
 class PairedPasses(BaseModel):
@@ -64,3 +64,38 @@ def paired_passes(base: PolicyEval, other: PolicyEval) -> PairedPasses:
         base_passes=sum(base.passes_checks), other_passes=sum(other.passes_checks),
         gained=gained, lost=lost, p_value=mcnemar_exact(gained, lost),
     )
+
+
+class KindPairs(BaseModel):
+    """One check kind, prompt by prompt, over the answers it was run on in both versions."""
+
+    answers: int
+    gained: int = Field(description="answers of this kind only `other` passes")
+    lost: int = Field(description="answers of this kind only `base` passes")
+
+    @property
+    def drop(self) -> float:
+        """How far the kind's pass rate fell from ``base`` to ``other`` (negative: it rose)."""
+        return (self.lost - self.gained) / self.answers if self.answers else 0.0
+
+    @property
+    def p_value(self) -> float:
+        return mcnemar_exact(self.gained, self.lost)
+
+
+def kind_pairs(base: PolicyEval, other: PolicyEval) -> dict[str, KindPairs] | None:
+    """Each check kind's gains and losses from ``base`` to ``other``; None where they cannot
+    be paired (other prompts, or a record from before evaluations kept ``kind_results``)."""
+    n = len(base.prompts)
+    if (not n or base.prompts != other.prompts or len(base.kind_results) != n
+            or len(other.kind_results) != n):
+        return None
+    tally: dict[str, list[int]] = {}
+    for b, o in zip(base.kind_results, other.kind_results, strict=True):
+        for kind in b.keys() & o.keys():
+            t = tally.setdefault(kind, [0, 0, 0])
+            t[0] += 1
+            t[1] += o[kind] and not b[kind]
+            t[2] += b[kind] and not o[kind]
+    return {kind: KindPairs(answers=a, gained=g, lost=lo)
+            for kind, (a, g, lo) in sorted(tally.items())}

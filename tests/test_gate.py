@@ -279,6 +279,7 @@ async def test_evaluate_policy_one_batch_with_checks(constitution):
     assert ev.mean_words == 5.0 and ev.retention_nll == 1.5 and ev.n_prompts == 2
     assert ev.finish_reasons == ["stop", "stop"]
     assert ev.check_pass_rates == {"no_rude": 0.0}
+    assert ev.kind_results == [{"forbid_phrases": False}] * 2
     assert ev.degeneration is not None and ev.degeneration.n == 2
     assert ev.degeneration.truncation_rate == 0.0 and ev.degeneration.mean_words == 5.0
     backend.calls.clear()
@@ -654,6 +655,52 @@ def test_kind_drop_guard_catches_one_instruction_bought_with_another():
     passed, reasons = thresholds_passed(cand, kinds("v1", ends_with=(0.1, 13)),
                                         VerdictCounts(wins=5), cfg, baseline=base)
     assert not passed and "ends_with pass rate 0.06 < 0.38 - 0.25 (on 13 answers)" in reasons
+
+
+def paired_kinds(version: str, passed: list[bool], kind: str = "paragraph_count") -> PolicyEval:
+    """An eval of one answer a prompt, each prompt running one check of ``kind``."""
+    n = len(passed)
+    return PolicyEval(version=version, violation_rate=1 - sum(passed) / n, mean_words=20.0,
+                      n_prompts=n, prompts=[f"q{i}" for i in range(n)], passes_checks=passed,
+                      kind_pass_rates={kind: sum(passed) / n}, kind_counts={kind: n},
+                      kind_results=[{kind: ok} for ok in passed])
+
+
+def test_kind_drop_guard_pairs_answers_and_leaves_chance_drops_alone():
+    """Three of ten answers flipping (0.4 -> 0.1) is what chance does; six is not."""
+    cfg = GateConfig()
+    inc = paired_kinds("v1", [True] * 4 + [False] * 6)
+    three_lost = paired_kinds("v2", [True] + [False] * 9)
+    assert kind_drop_reasons(three_lost, [inc], cfg) == []
+    # the rate rule alone would have rejected it
+    assert kind_drop_reasons(three_lost, [inc], GateConfig(kind_drop_p_value=None)) == [
+        "paragraph_count pass rate fell 0.30 > 0.25 from v1 (lost 3, gained 0 of 10 answers; "
+        "McNemar p = 0.25)"]
+    inc6 = paired_kinds("v1", [True] * 6 + [False] * 4)
+    six_lost = paired_kinds("v2", [False] * 10)
+    assert kind_drop_reasons(six_lost, [inc6, None], cfg) == [
+        "paragraph_count pass rate fell 0.60 > 0.25 from v1 (lost 6, gained 0 of 10 answers; "
+        "McNemar p = 0.031)"]
+    # gains on other prompts pay losses back: six lost and three gained is a drop of 0.3 at p 0.5
+    mixed = paired_kinds("v2", [False] * 6 + [True] * 3 + [False])
+    assert kind_drop_reasons(mixed, [inc6], cfg) == []
+    # one reason a kind, whichever reference it fell from; too few answers are left out
+    assert len(kind_drop_reasons(six_lost, [inc6, inc6.model_copy(update={"version": "v0"})],
+                                 cfg)) == 1
+    assert kind_drop_reasons(six_lost, [inc6], cfg.model_copy(
+        update={"min_kind_responses": 11})) == []
+
+
+def test_kind_results_pass_a_kind_only_where_all_its_checks_pass():
+    from selfimprove.evaluation import kind_results
+    from selfimprove.types import CheckResult
+
+    def res(kind: str, ok: bool) -> CheckResult:
+        return CheckResult(check_id=f"{kind}-{ok}", kind=kind, passed=ok, hard=True)
+
+    assert kind_results([res("include_words", True), res("include_words", False),
+                         res("lowercase", True)]) == {"include_words": False, "lowercase": True}
+    assert kind_results([]) == {}
 
 
 def test_kind_counts_count_each_check_run():
