@@ -377,7 +377,8 @@ async def test_adapter_switching(backend, adapter_dir):
     restored = [c[0].text for c in await backend.generate(prompts, greedy)]
     assert all(same_start(r, b) for r, b in zip(restored, base, strict=True)), (restored, base)
     assert await best_first_token() == pytest.approx(base_top, abs=0.1)
-    assert await backend.sequence_nll(NLL_TEXTS) == pytest.approx(base_nll)
+    # the transformers scorer's float32 sums differ in the last digits from call to call
+    assert await backend.sequence_nll(NLL_TEXTS) == pytest.approx(base_nll, rel=1e-4)
 
 
 NLL_TEXTS = ["The cat sat on the mat and looked out of the window.",
