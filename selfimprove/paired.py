@@ -14,7 +14,9 @@ from pydantic import BaseModel, Field
 
 from selfimprove.evaluation import PolicyEval
 
-__all__ = ["KindPairs", "PairedPasses", "kind_pairs", "mcnemar_exact", "paired_passes"]
+__all__ = [
+    "KindPairs", "PairedPasses", "kind_pairs", "mcnemar_exact", "paired_or_none", "paired_passes"
+]
 
 
 class PairedPasses(BaseModel):
@@ -64,6 +66,14 @@ def paired_passes(base: PolicyEval, other: PolicyEval) -> PairedPasses:
         base_passes=sum(base.passes_checks), other_passes=sum(other.passes_checks),
         gained=gained, lost=lost, p_value=mcnemar_exact(gained, lost),
     )
+
+
+def paired_or_none(base: PolicyEval, other: PolicyEval) -> PairedPasses | None:
+    """:func:`paired_passes`, or None where the two answered other prompts (nothing to pair)."""
+    try:
+        return paired_passes(base, other)
+    except ValueError:
+        return None
 
 
 class KindPairs(BaseModel):

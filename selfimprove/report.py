@@ -19,7 +19,7 @@ from selfimprove.atomic import atomic_write, write_text
 from selfimprove.config import GateConfig
 from selfimprove.errors import SelfImproveError
 from selfimprove.evaluation import PolicyEval
-from selfimprove.paired import PairedPasses, paired_passes
+from selfimprove.paired import PairedPasses, paired_or_none
 from selfimprove.rundir import CycleRecord, RunDir
 
 __all__ = ["ReportError", "write_report"]
@@ -340,17 +340,9 @@ def _headline(cycles: Sequence[CycleRecord], baseline: PolicyEval | None) -> lis
     lines.append(
         f"- Mean length: {name} {v0.mean_words:.1f} words → {last} {latest.mean_words:.1f} words."
     )
-    if last != name and (paired := _paired(v0, latest)) is not None:
+    if last != name and (paired := paired_or_none(v0, latest)) is not None:
         lines.append(f"- Passes every check: {paired.summary()}{_chance(paired)}.")
     return lines
-
-
-def _paired(base: PolicyEval, other: PolicyEval) -> PairedPasses | None:
-    """The prompt-by-prompt comparison, where both answered the same prompts."""
-    try:
-        return paired_passes(base, other)
-    except ValueError:  # evaluated on different prompts (an older run's records)
-        return None
 
 
 def _chance(paired: PairedPasses) -> str:
@@ -435,7 +427,7 @@ def _transfer_lines(run: RunDir) -> list[str]:
                     continue
                 passed = sum(e.passes_checks)
                 moved = "fell" if passed < base else "rose" if passed > base else "held"
-                paired = _paired(v0, e)
+                paired = paired_or_none(v0, e)
                 detail = f" ({paired.split()}{_chance(paired)})" if paired else ""
                 lines.append(f"- {label} passes every check on {passed} of {e.n_prompts} "
                              f"prompts, v0 on {base}: {moved}{detail}.")
@@ -485,7 +477,7 @@ def _control_lines(run: RunDir, cycles, baseline) -> list[str]:
                "the loop did not beat the control" if diff < 0 else "loop and control tied")
     lines.append(f"On held-out violations {verdict} ({loop_eval.violation_rate:.2f} vs "
                  f"{ctrl_eval.violation_rate:.2f}).")
-    if (paired := _paired(ctrl_eval, loop_eval)) is not None:
+    if (paired := paired_or_none(ctrl_eval, loop_eval)) is not None:
         paired = paired.model_copy(update={"base": f"control {ctrl_eval.version}",
                                            "other": f"loop {loop_eval.version}"})
         lines.append(f"Prompt by prompt: {paired.summary()}{_chance(paired)}.")

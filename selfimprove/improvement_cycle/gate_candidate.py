@@ -9,7 +9,7 @@ from selfimprove.gate import gate
 from selfimprove.improvement_cycle.baseline import version_eval
 from selfimprove.improvement_cycle.state import CycleContext, CycleState
 from selfimprove.improvement_cycle.timing import timed
-from selfimprove.paired import paired_passes
+from selfimprove.paired import paired_or_none
 from selfimprove.types import PolicyRef
 
 
@@ -49,11 +49,8 @@ async def gate_candidate(state: CycleState, runtime: Runtime[CycleContext]) -> C
             # The candidate's own evaluation is the incumbent's if it is promoted.
             ctx.run.save_eval(result.candidate)
     wr = "n/a" if result.win_rate is None else f"{result.win_rate:.2f}"
-    try:
-        paired = paired_passes(result.incumbent, result.candidate).summary()
-        paired = f"; passes every check: {paired}"
-    except ValueError:  # evaluated on other prompts: no prompt-by-prompt comparison
-        paired = ""
+    pairs = paired_or_none(result.incumbent, result.candidate)
+    paired = f"; passes every check: {pairs.summary()}" if pairs else ""
     ctx.progress(
         "evaluate",
         f"win rate {wr} [{result.win_rate_ci[0]:.2f}, {result.win_rate_ci[1]:.2f}], violations "
