@@ -189,16 +189,25 @@ def load_tokenizer(name: str | None):
     return tok
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX)."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def load_causal_lm(name: str | None, dtype: str = "auto", device: str | None = None):
     """Load a causal LM by model argument (see :func:`resolve_model`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     resolved = resolve_model(name)
-    # "auto" is float32 on CPUs: bfloat16 measured 2.3x slower to generate on an AVX2 CPU
-    # without native bfloat16 (bench/dtype.py); on GPUs the checkpoint's own dtype.
-    torch_dtype = {"auto": torch.float32 if device in (None, "cpu") else "auto",
-                   "float32": torch.float32, "bfloat16": torch.bfloat16,
+    on_cpu = device in (None, "cpu")
+    # "auto" on a CPU: bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX: 1.9x
+    # faster generation, the judge's picks unchanged, NLL within 0.1%), float32 elsewhere
+    # (2.3x slower without it); on GPUs the checkpoint's own dtype. bench/dtype.py measures it.
+    auto = (torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32) if on_cpu else "auto"
+    torch_dtype = {"auto": auto, "float32": torch.float32, "bfloat16": torch.bfloat16,
                    "float16": torch.float16}[dtype]
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype)

@@ -61,6 +61,19 @@ def test_trl_kwargs_reach_the_trl_config(tmp_path: Path) -> None:
     assert TrainConfig(lora=None).effective_learning_rate == 1e-5
 
 
+def test_bf16_asked_for_on_a_cpu_builds_a_trl_config(tmp_path: Path) -> None:
+    """transformers refuses bf16 without a GPU unless told to train on the CPU."""
+    import torch
+    from trl import DPOConfig
+
+    from selfimprove.training.common import trl_args
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU trains bf16 on itself")
+    args = DPOConfig(**trl_args(TrainConfig(trl_args={"bf16": True}), tmp_path, progress=False))
+    assert args.bf16 is True and args.use_cpu is True
+
+
 def test_yaml_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("max_steps: 3\ntrl_args:\n  warmup_steps: 1\n  bogus_knob: 2\n")

@@ -26,9 +26,25 @@ async def test_concurrent_requests_are_batched_and_match_sequential(embedded_bac
     batched_calls = b.stats.generate_calls - calls_before
     assert batched_calls < len(QUESTIONS), "concurrent requests were not batched"
     alone = [await b.generate([conv(q)], params) for q in QUESTIONS[:2]]
-    # greedy decoding: the same text whether batched (left-padded) or alone
-    assert [r[0][0].text for r in together[:2]] == [r[0][0].text for r in alone]
+    # greedy decoding: the same start whether batched (left-padded) or alone; in bfloat16 (the
+    # default on CPUs that compute it natively) padding moves later tokens' rounding
+    for (((batched,),), ((single,),)) in zip(together[:2], alone, strict=True):
+        assert batched.text.split()[:3] == single.text.split()[:3]
     assert all(0 < r[0][0].num_tokens <= 12 for r in together)
+
+
+async def test_float32_answers_do_not_depend_on_the_batch():
+    from selfimprove.backends.transformers import TransformersBackend
+
+    b = TransformersBackend(dtype="float32", max_batch_size=8, max_wait_ms=30)
+    try:
+        params = SamplingParams(max_new_tokens=12)
+        together = await asyncio.gather(*(b.generate([conv(q)], params) for q in QUESTIONS))
+        assert b.stats.generate_calls < len(QUESTIONS), "concurrent requests were not batched"
+        alone = [await b.generate([conv(q)], params) for q in QUESTIONS[:2]]
+        assert [r[0][0].text for r in together[:2]] == [r[0][0].text for r in alone]
+    finally:
+        b.close()
 
 
 async def test_per_request_token_budgets_share_a_batch(embedded_backend):
@@ -107,6 +123,32 @@ async def test_adapter_switch_changes_outputs_without_reloading(embedded_backend
     # the base weights are the same object: no reload
     current_base = b.model.get_base_model()
     assert current_base is base_model_obj
+
+
+async def test_switching_adapters_back_and_forth_leaves_the_base_weights_exact(
+    embedded_backend, adapter_dir
+):
+    """Merging then unmerging rounds in bfloat16; the base must come back bit for bit."""
+    import torch
+
+    b = embedded_backend
+    await b.load_policy(PolicyRef(version="v0"))
+
+    def base_weights() -> dict[str, torch.Tensor]:
+        model = b.model.get_base_model() if hasattr(b.model, "get_base_model") else b.model
+        # PEFT wraps the layers it adapts on the first load: ".base_layer" joins their names
+        return {n.replace(".base_layer", ""): p.detach().clone()
+                for n, p in model.named_parameters() if "lora_" not in n}
+
+    original = base_weights()
+    adapter = PolicyRef(version="vswitch", adapter_path=adapter_dir)
+    for _ in range(3):
+        await b.load_policy(adapter)
+        await b.load_policy(PolicyRef(version="v0"))
+    restored = base_weights()
+    assert restored.keys() == original.keys()
+    changed = [n for n in original if not torch.equal(original[n], restored[n])]
+    assert changed == []
 
 
 async def test_full_fine_tune_is_served_and_switching_back_restores_v0(embedded_backend,

@@ -142,6 +142,7 @@ class TransformersBackend(Backend):
         self._models: dict[str, Any] = {}  # full models loaded so far, by name
         self._active_adapter: str | None = None
         self._merged = False  # whether the active adapter is merged into the base weights
+        self._unmerged_weights: dict[str, Any] = {}  # the base weights the merge changed
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._closing = threading.Event()
         self._worker = threading.Thread(target=self._run, name="selfimprove-batcher", daemon=True)
@@ -445,10 +446,34 @@ class TransformersBackend(Backend):
             self.tokenizer.padding_side = "left"
         return out
 
+    def _merge(self) -> None:
+        """Merge the active adapter, keeping the base weights it changes to restore later.
+
+        Unmerging subtracts the adapter again, which in bfloat16 rounds every merged weight
+        (~0.4% each time): over the gate's many switches the base would drift.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        self._unmerged_weights = {
+            name: module.get_base_layer().weight.detach().clone()
+            for name, module in self.model.named_modules()
+            if isinstance(module, LoraLayer)
+        }
+        self.model.merge_adapter()
+        self._merged = True
+
     def _unmerge(self) -> None:
-        if self._merged:
-            self.model.unmerge_adapter()
-            self._merged = False
+        if not self._merged:
+            return
+        import torch
+
+        self.model.unmerge_adapter()
+        modules = dict(self.model.named_modules())
+        with torch.no_grad():
+            for name, weight in self._unmerged_weights.items():
+                modules[name].get_base_layer().weight.copy_(weight)
+        self._unmerged_weights = {}
+        self._merged = False
 
     @staticmethod
     def _same_model(a: str, b: str) -> bool:
@@ -518,8 +543,7 @@ class TransformersBackend(Backend):
                 if name not in self.model.peft_config:
                     self.model.load_adapter(policy.adapter_path, adapter_name=name)
             self.model.set_adapter(name)
-            self.model.merge_adapter()
-            self._merged = True
+            self._merge()
         except Exception as exc:  # noqa: BLE001 - the previous policy keeps serving
             raise PolicyError(
                 f"cannot load policy {name} from {policy.adapter_path}: {exc}; "

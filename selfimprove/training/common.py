@@ -107,7 +107,8 @@ def build_model(base_model: str, parent: PolicyRef, cfg: TrainConfig):
     from selfimprove.models import load_causal_lm, load_tokenizer
 
     check_parent(base_model, parent)
-    model = load_causal_lm(base_model)
+    # float32 weights: the optimizer updates them; bfloat16 is only the compute (trl_args).
+    model = load_causal_lm(base_model, dtype="float32")
     tokenizer = load_tokenizer(base_model)
     if parent.adapter_path is not None:
         from peft import PeftModel
@@ -134,9 +135,13 @@ def trl_args(cfg: TrainConfig, output_dir: Path, progress: bool) -> dict[str, An
     kwargs["output_dir"] = str(output_dir)
     kwargs["disable_tqdm"] = not progress
     kwargs.setdefault("dataloader_pin_memory", torch.cuda.is_available())
-    # TRL turns bf16 on unless told otherwise; on CPUs and older GPUs it is slow or unsupported.
+    # TRL turns bf16 on unless told otherwise; on CPUs it stays off even where the CPU computes
+    # bfloat16 natively: there a DPO step took 6.6 s against 10.2 s, but on the same pairs the
+    # loss fell more slowly (1.52 against 1.39 after two steps, 1.02 against 0.99 after five).
     if "bf16" not in cfg.trl_args and "fp16" not in cfg.trl_args:
         kwargs["bf16"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if kwargs.get("bf16") and not torch.cuda.is_available():
+        kwargs.setdefault("use_cpu", True)  # transformers refuses bf16 on a CPU without it
     # TensorBoard is attached by run_trainer with our log directory (transformers would pick one
     # from an environment variable or a timestamped folder).
     report_to = [r for r in cfg.report_to if r != "tensorboard"]
