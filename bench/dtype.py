@@ -8,8 +8,8 @@ For each dtype, on the same prompts (the shipped ``general`` set):
 (c) the retention check's sequence NLL: the relative difference of the mean.
 
 Prints bfloat16/float32 ratios and writes JSON, with the CPU's bfloat16 support: whether
-bfloat16 pays depends on it (AVX-512 BF16 or AMX), which is why ``dtype: auto`` stays float32 on
-CPUs (see ``selfimprove.models.load_causal_lm``).
+bfloat16 pays depends on it (AVX-512 BF16 or AMX), which is why ``dtype: auto`` is bfloat16 only
+on CPUs that have it (see ``selfimprove.models.load_causal_lm``).
 
     python bench/dtype.py [--prompts 32] [--out FILE]
 """

@@ -147,7 +147,12 @@ class BackendConfig(Strict):
     model: str = DEFAULT_MODEL
     # local transformers / vLLM
     device: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="transformers: auto is bfloat16 on CPUs that compute it natively (AVX-512 "
+        "BF16, AMX), float32 on other CPUs, the checkpoint's dtype on GPUs; float32 answers do "
+        "not depend on the batch they were generated in",
+    )
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=20.0, ge=0)
     # in-process vLLM
