@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Protocol
 import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from selfimprove.pydantic_errors import ID_PATTERN
 from selfimprove.types import CheckResult, passes
 
 __all__ = [
@@ -54,9 +55,9 @@ REGEX_TIMEOUT_S = 0.5
 CheckId = Annotated[
     str,
     Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        pattern=ID_PATTERN,
         description=(
-            "unique within the constitution's checks (letters, digits, '_', '-', '.'); "
+            "unique within the constitution's checks (ASCII letters, digits, '_', '-', '.'); "
             "optional: by default the kind, plus '-' and 8 hex digits of a hash of the "
             "parameters when the kind has any (e.g. 'max_words-5b856e40' for value 80)"
         ),

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from selfimprove.checks import Check
 from selfimprove.errors import ConfigError
+from selfimprove.pydantic_errors import ID_PATTERN
 from selfimprove.yamlio import line_of, load_model, read_yaml
 
 __all__ = [
@@ -50,8 +51,10 @@ _SUFFIXES = (".yaml", ".yml")
 PrincipleId = Annotated[
     str,
     Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="unique within the constitution's principles (letters, digits, '_', '-', '.')",
+        pattern=ID_PATTERN,
+        description=(
+            "unique within the constitution's principles (ASCII letters, digits, '_', '-', '.')"
+        ),
     ),
 ]
 Text = Annotated[str, Field(min_length=1)]

@@ -17,6 +17,7 @@ from selfimprove.checks import Check
 from selfimprove.conversation import ConversationError, as_messages, split_answer, transcript
 from selfimprove.errors import ConfigError
 from selfimprove.hashing import prompt_id
+from selfimprove.pydantic_errors import first_error, more_errors, one_edit_apart
 from selfimprove.types import Message
 
 _PACKAGED_DIR = "data/prompts"
@@ -104,10 +105,12 @@ def load_prompts(path: str | Path, field: str = "prompt") -> list[tuple[str, str
     return [r.pair for r in load_prompt_records(path, field)]
 
 
-def load_prompt_records(path: str | Path, field: str = "prompt") -> list[PromptRecord]:
+def load_prompt_records(path: str | Path, field: str = "prompt", *,
+                        all_errors: bool = False) -> list[PromptRecord]:
     """Read prompt records from a JSON-lines file (``.jsonl``, ``.json`` or ``.ndjson``, any
     case: ``{"prompt": ..., "id": ..., "checks": [...]}`` per line) or a text file (one
-    prompt per line). Blank lines are skipped; errors name the file, line and field.
+    prompt per line). Blank lines are skipped; errors name the file, line and field. With
+    ``all_errors`` every bad line is reported (:class:`PromptFileErrors`), not just the first.
 
     A bare name such as ``general`` that is not an existing file names a packaged prompt set.
     """
@@ -138,22 +141,74 @@ def load_prompt_records(path: str | Path, field: str = "prompt") -> list[PromptR
     # Line breaks only: str.splitlines would also split at U+2028, U+2029 and U+0085, which
     # JSON allows unescaped inside a string (json.dumps(..., ensure_ascii=False) writes them).
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    json_lines = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+    json_lines = path.suffix.lower() in JSON_LINES_SUFFIXES
     out: list[PromptRecord] = []
+    problems: list[ConfigError] = []
+    first_line: dict[str, int] = {}  # prompt id -> the line that gave it first
     for no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if not json_lines:
-            out.append(PromptRecord(id=prompt_id(line.strip()), prompt=line.strip()))
+        try:
+            record = _record(path, no, line, field) if json_lines else _text_record(path, no,
+                                                                                    line)
+            _unique(path, no, record, first_line)
+        except ConfigError as exc:
+            if not all_errors:
+                raise
+            problems.append(exc)
             continue
-        out.append(_record(path, no, line, field))
+        out.append(record)
+    if problems:
+        raise PromptFileErrors(problems)
     if not out:
         raise ConfigError(path, "no prompts in file")
-    ids = [r.id for r in out]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ConfigError(path, f"duplicate prompt id {dup!r}", field="id")
     return out
+
+
+JSON_LINES_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+class PromptFileErrors(ConfigError):
+    """Every bad line of one prompt file, one error a line (``prompts check`` shows them all)."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.path, first.detail, line=first.line, field=first.field)
+        self.errors = list(errors)
+        self.args = ("\n".join(str(e) for e in self.errors),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _text_record(path: Path, no: int, line: str) -> PromptRecord:
+    """A text file's line is the prompt; a JSON record there means a misnamed JSON-lines file,
+    whose checks would silently become part of the prompt text."""
+    text = line.strip()
+    if text.startswith("{"):
+        try:
+            row = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            row = None
+        if isinstance(row, dict) and ({"prompt", "messages", "checks"} & row.keys()):
+            raise ConfigError(
+                path, f"a JSON record in a file read as plain text (one prompt a line): name "
+                f"the file {path.stem}.jsonl so that its fields and checks are read", line=no,
+            )
+    return PromptRecord(id=prompt_id(text), prompt=text)
+
+
+def _unique(path: Path, no: int, record: PromptRecord, first_line: dict[str, int]) -> None:
+    """Held-out splitting and the store key rows by prompt id, so two records may not share
+    one (a prompt without an ``id`` takes the hash of its text)."""
+    first = first_line.setdefault(record.id, no)
+    if first == no:
+        return
+    if record.id == prompt_id(record.prompt):
+        raise ConfigError(path, f"the same prompt as line {first}: remove one, or give each an "
+                          "'id'", line=no)
+    raise ConfigError(path, f"duplicate prompt id {record.id!r} (also line {first})", line=no,
+                      field="id")
 
 
 def _record(path: Path, no: int, line: str, field: str) -> PromptRecord:
@@ -249,23 +304,9 @@ def _check_field_names(path: Path, no: int, row: dict[str, Any], field: str) -> 
         if known in row or len(known) < 5:
             continue
         for key in row:
-            if _one_edit_apart(key.casefold(), known.casefold()):
+            if one_edit_apart(key.casefold(), known.casefold()):
                 raise ConfigError(path, f"unknown field (did you mean '{known}'?)", line=no,
                                   field=key)
-
-
-def _one_edit_apart(a: str, b: str) -> bool:
-    """Equal, or one insertion, deletion, substitution or swap of neighbours apart."""
-    if abs(len(a) - len(b)) > 1:
-        return False
-    i = 0  # the first position where they differ
-    while i < min(len(a), len(b)) and a[i] == b[i]:
-        i += 1
-    if len(a) == len(b):
-        swapped = a[i : i + 2] == b[i : i + 2][::-1] and a[i + 2 :] == b[i + 2 :]
-        return a[i + 1 :] == b[i + 1 :] or swapped
-    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
-    return longer[i + 1 :] == shorter[i:]
 
 
 def _checks(path: Path, no: int, row: dict[str, Any]) -> tuple[Check, ...]:
@@ -278,21 +319,18 @@ def _checks(path: Path, no: int, row: dict[str, Any]) -> tuple[Check, ...]:
     try:
         checks = parse_prompt_checks(raw)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        err, ours = first_error(exc)
         # pydantic puts the union member's tag into loc (checks.0.ends_with.value): drop it
         loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p.islower()
                                                  and p in _KINDS)]
         where = "checks" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc)
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = ours or err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             msg = f"unknown check kind {err['input'].get('kind')!r} (known: {', '.join(_KINDS)})"
             where += ".kind"
         elif err["type"] == "union_tag_not_found":
             msg = "a check needs a 'kind'"
-        more = len(exc.errors()) - 1
-        if more:
-            msg += f" (and {more} more error{'s' if more > 1 else ''})"
-        raise ConfigError(path, msg, line=no, field=where) from None
+        raise ConfigError(path, msg + more_errors(exc), line=no, field=where) from None
     seen: dict[str, int] = {}
     for i, check in enumerate(checks):
         if check.id in seen:

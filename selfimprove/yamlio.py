@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from selfimprove.errors import ConfigError
+from selfimprove.pydantic_errors import first_error, more_errors
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -106,7 +107,7 @@ def format_loc(loc: tuple[Any, ...]) -> str:
 
 def validation_error(path: str | Path, node: yaml.Node | None, exc: ValidationError) -> ConfigError:
     """Turn the first pydantic error into a ConfigError with file, line and field."""
-    err = exc.errors(include_url=False)[0]
+    err, ours = first_error(exc)
     # Drop discriminator/union tags pydantic inserts into loc (e.g. 'max_words' for a tagged union).
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     if err["type"] == "missing" and loc:
@@ -114,11 +115,9 @@ def validation_error(path: str | Path, node: yaml.Node | None, exc: ValidationEr
         loc = (*_real_path(node, loc[:-1]), loc[-1])
     else:
         loc = _real_path(node, loc)
-    msg = err["msg"]
+    msg = ours or err["msg"]
     ctx = err.get("ctx") or {}
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key (not allowed here)"
-    elif err["type"] == "value_error" and "error" in ctx:
+    if err["type"] == "value_error" and "error" in ctx:
         msg = str(ctx["error"])  # our validators' own words, without pydantic's "Value error, "
     elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         # Point at the tag key itself (e.g. `kind`), which is what the user has to fix.
@@ -128,8 +127,8 @@ def validation_error(path: str | Path, node: yaml.Node | None, exc: ValidationEr
             msg = f"unknown value '{ctx.get('tag')}' (expected one of: {ctx.get('expected_tags')})"
         else:
             msg = "missing (it selects the type of this item)"
-    extra = f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else ""
-    return ConfigError(path, msg + extra, line=line_of(node, loc), field=format_loc(loc) or None)
+    return ConfigError(path, msg + more_errors(exc), line=line_of(node, loc),
+                       field=format_loc(loc) or None)
 
 
 def _real_path(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -286,6 +286,10 @@ def test_error_in_parent_names_parent_file(tmp_path: Path) -> None:
 MALFORMED_CASES: dict[str, tuple[str | None, int, str | None, str]] = {
     "unknown_top_key.yaml": (None, 4, "colour", "unknown key (not allowed here)"),
     "unknown_principle_key.yaml": (None, 8, "principles[0].wieght", "unknown key"),
+    "misspelt_required_key.yaml": (
+        None, 7, "principles[0].revison",
+        "unknown key (did you mean 'revision'?) (and 1 more error)",
+    ),
     "missing_name.yaml": (None, 2, "name", "Field required"),
     "missing_principles.yaml": (None, 2, "principles", "missing: at least one principle"),
     "empty_principles.yaml": (None, 4, "principles", "at least one principle is required"),
@@ -294,7 +298,7 @@ MALFORMED_CASES: dict[str, tuple[str | None, int, str | None, str]] = {
     "duplicate_principle_id.yaml": (
         None, 11, "principles[2].id", "duplicate id 'honest' (first used on line 5)"
     ),
-    "bad_principle_id.yaml": (None, 5, "principles[0].id", "should match pattern"),
+    "bad_principle_id.yaml": (None, 5, "principles[0].id", "not a valid id: use ASCII letters"),
     "unknown_check_kind.yaml": (None, 8, "checks[0].kind", "unknown value 'max_tokens'"),
     "check_missing_kind.yaml": (None, 7, "checks[0].kind", "missing (it selects the type"),
     "max_words_not_int.yaml": (None, 9, "checks[0].value", "valid integer"),

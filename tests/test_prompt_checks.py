@@ -59,6 +59,13 @@ def test_records_carry_their_checks(tmp_path):
          "phrases[1] must contain a non-whitespace character"),
         ([{"kind": "max_words", "value": "ten", "hard": "yes"}], "checks[0].hard",
          "(and 1 more error)"),
+        # a misspelt key is named, not the key it left missing
+        ([{"kind": "max_words", "valeu": 3}], "checks[0].valeu",
+         "unknown key (did you mean 'value'?) (and 1 more error)"),
+        ([{"kind": "lowercase", "hrad": False}], "checks[0].hrad",
+         "unknown key (not allowed here)"),
+        ([{"kind": "lowercase", "id": "höflich"}], "checks[0].id",
+         "not a valid id: use ASCII letters, digits"),
     ],
 )
 def test_bad_prompt_checks_are_located(tmp_path, checks, field, message):
@@ -154,6 +161,50 @@ def test_bom_crlf_and_unicode_line_separators_inside_strings_load(tmp_path):
     assert (info.value.line, info.value.detail) == (3, "not UTF-8 text (byte 47)")
 
 
+def test_a_json_record_in_a_file_read_as_text_is_an_error(tmp_path):
+    """A misnamed JSON-lines file would lose its checks into the prompt text."""
+    path = tmp_path / "prompts.txt"
+    path.write_text('Say hi.\n{not json, a prompt about braces}\n'
+                    '{"prompt": "Say bye.", "checks": [{"kind": "lowercase"}]}\n')
+    with pytest.raises(ConfigError) as info:
+        load_prompt_records(path)
+    assert (info.value.line, info.value.field) == (3, None)
+    assert "name the file prompts.jsonl" in info.value.detail
+    path.write_text('Say hi.\n{not json, a prompt about braces}\n{"tone": "warm"}\n')
+    assert len(load_prompt_records(path)) == 3
+
+
+def test_repeated_prompts_and_ids_name_both_lines(tmp_path):
+    path = write(tmp_path, {"prompt": "Say hi.", "id": 1}, {"prompt": "Say bye."},
+                 {"prompt": "Say it.", "id": "1"})
+    with pytest.raises(ConfigError) as info:
+        load_prompt_records(path)
+    err = info.value
+    assert (err.line, err.field, err.detail) == (3, "id", "duplicate prompt id '1' (also line 1)")
+    path = write(tmp_path, {"prompt": "Say hi."}, "", {"prompt": "Say hi."})
+    with pytest.raises(ConfigError) as info:
+        load_prompt_records(path)
+    assert (info.value.line, info.value.detail) == (
+        3, "the same prompt as line 1: remove one, or give each an 'id'")
+
+
+def test_every_bad_line_is_reported_when_asked(tmp_path):
+    from selfimprove.sources import PromptFileErrors
+
+    path = write(tmp_path, {"prompt": "fine"}, {"prompt": "a", "checks": [{"kind": "loud"}]},
+                 {"prompt": "b", "checks": [{"kind": "max_words"}]}, "not json",
+                 {"prompt": "fine"})
+    with pytest.raises(ConfigError) as info:
+        load_prompt_records(path)
+    assert info.value.line == 2  # the first error only, by default
+    with pytest.raises(PromptFileErrors) as info:
+        load_prompt_records(path, all_errors=True)
+    assert [(e.line, e.field) for e in info.value.errors] == [
+        (2, "checks[0].kind"), (3, "checks[0].value"), (4, None), (5, None)]
+    assert str(info.value).count(f"{path}:") == 4
+    assert info.value.line == 2  # still a ConfigError located at the first
+
+
 def test_prompts_check_validates_files_without_a_model(tmp_path, capsys):
     from selfimprove import cli
 
@@ -167,6 +218,11 @@ def test_prompts_check_validates_files_without_a_model(tmp_path, capsys):
     assert cli.main(["prompts", "check", str(bad), str(good)]) == 1
     captured = capsys.readouterr()
     assert f"{bad}:2: field 'checks[0].kind': unknown check kind 'loud'" in captured.err
+    bad.write_text('{"prompt": "x", "checks": [{"kind": "loud"}]}\n{"prompt": "y", "checks": '
+                   '[{"kind": "ends_with"}]}\n')
+    assert cli.main(["prompts", "check", str(bad)]) == 1
+    err = capsys.readouterr().err  # every bad line, not just the first
+    assert f"{bad}:1: field 'checks[0].kind'" in err and f"{bad}:2: field 'checks[0].value'" in err
     assert f"ok: {good}" in captured.out  # every file is checked
     clash = write(tmp_path, {"prompt": "Say hi.", "checks": [
         {"id": "says_something", "kind": "max_words", "value": 3}]})

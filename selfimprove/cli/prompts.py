@@ -69,10 +69,17 @@ def _kind_list(text: str | None, flag: str) -> list[str] | None:
 
 def run_synth(args: argparse.Namespace) -> int:
     """Generate and write the prompts; bad arguments raise ConfigError naming the flag."""
+    from selfimprove.sources import JSON_LINES_SUFFIXES
     from selfimprove.synth import resolve_kinds, synth_prompts, write_jsonl
 
     if args.n < 1:
         raise ConfigError("--n", f"must be >= 1, got {args.n}")
+    if args.out.suffix.lower() not in JSON_LINES_SUFFIXES:
+        # other names are read back as plain text, one prompt a line, without their checks
+        raise ConfigError(args.out, "--out must end in .jsonl (or .json, .ndjson): prompt "
+                          "files with other names are read as plain text, without checks")
+    if args.out.is_dir():
+        raise ConfigError(args.out, "--out is a directory; name the .jsonl file to write")
     kinds = _kind_list(args.kinds, "--kinds")
     excluded = _kind_list(args.exclude_kinds, "--exclude-kinds") or []
     try:
@@ -99,7 +106,7 @@ def run_check(args: argparse.Namespace) -> int:
     failed = 0
     for ref in args.paths:
         try:
-            records = load_prompt_records(ref, args.field)
+            records = load_prompt_records(ref, args.field, all_errors=True)
             if constitution is not None:
                 check_ids_against(ref, records, constitution.checks, constitution.name)
         except ConfigError as exc:
