@@ -44,8 +44,8 @@ demo: setup
 # suite ran in 12.5 and 14.7 min this way (two runs) and in 17.6 min as one process of two
 # threads (many tests wait on servers and subprocesses), before the real vLLM tests (about 4 min
 # more; 20.5 min in a fresh clone while other vLLM tests ran beside it). On a CPU with AVX-512
-# BF16, where `dtype: auto` is bfloat16, the whole suite ran in 6.5 min. PYTEST_WORKERS=0: one
-# process.
+# BF16, where `dtype: auto` is bfloat16, the whole suite ran in 6.5 min; on a slower AVX2 machine
+# 21.5 min (902 tests, 25 min with set-up in a fresh clone). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 TEST_THREADS ?= 1
 # SELFIMPROVE_REQUIRE_VLLM: the vLLM tests fail rather than skip if vLLM did not install.
