@@ -149,8 +149,8 @@ def load_prompt_records(path: str | Path, field: str = "prompt", *,
         if not line.strip():
             continue
         try:
-            record = _record(path, no, line, field) if json_lines else _text_record(path, no,
-                                                                                    line)
+            record = (_record(path, no, line, field) if json_lines
+                      else _text_record(path, no, line))
             _unique(path, no, record, first_line)
         except ConfigError as exc:
             if not all_errors:
@@ -176,9 +176,6 @@ class PromptFileErrors(ConfigError):
         super().__init__(first.path, first.detail, line=first.line, field=first.field)
         self.errors = list(errors)
         self.args = ("\n".join(str(e) for e in self.errors),)
-
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 def _text_record(path: Path, no: int, line: str) -> PromptRecord:

@@ -304,14 +304,14 @@ def test_run_synth_refuses_bad_args(tmp_path: Path, overrides: dict[str, Any], f
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", ["p.txt", "p", "p.jsonl.gz", "existing_dir"])
+@pytest.mark.parametrize("name", ["p.txt", "p", "p.jsonl.gz", "existing_dir.jsonl"])
 def test_run_synth_writes_only_what_reads_back_with_its_checks(tmp_path: Path,
                                                                 name: str) -> None:
     """Other names are read back as plain text, without the checks; a directory is no file."""
     from selfimprove.cli.prompts import run_synth
 
     out = tmp_path / name
-    if name == "existing_dir":
+    if name == "existing_dir.jsonl":  # a suffix that passes, so the directory is what fails
         out.mkdir()
     with pytest.raises(ConfigError) as info:
         run_synth(_args(out=out))
