@@ -327,11 +327,15 @@ def synth_prompts(
     Kinds are drawn in turn from ``kinds`` (default all of :data:`KINDS`) minus
     ``exclude_kinds``, so each appears about equally often as a prompt's first instruction;
     about half the prompts get a second, compatible instruction (up to ``max_instructions``).
-    Ids are ``synth-<seed>-<index>``. Raises ValueError for ``n < 1``, an unknown kind, or
-    when the kinds allow fewer than ``n`` distinct prompts.
+    Ids are ``synth-<seed>-<index>``. Raises ValueError for ``n`` outside 1 to
+    :data:`MAX_PROMPTS`, an unknown kind, or when the kinds allow fewer than ``n`` distinct
+    prompts.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if not 1 <= n <= MAX_PROMPTS:
+        raise ValueError(
+            f"n must be between 1 and {MAX_PROMPTS}, got {n} (for more, join the files of "
+            "several seeds: `selfimprove prompts check` finds a prompt repeated across them)"
+        )
     if max_instructions not in (1, 2):
         raise ValueError(f"max_instructions must be 1 or 2, got {max_instructions}")
     pool = resolve_kinds(kinds, exclude_kinds)
@@ -361,6 +365,10 @@ def synth_prompts(
         records.append(PromptRecord(id=record_id, prompt=prompt, checks=checked))
     return records
 
+
+#: the most prompts one call draws: the set is held in memory and written at once, and a
+#: million prompts took over a minute, so a mistyped count fails at once instead
+MAX_PROMPTS = 100_000
 
 #: consecutive repeated prompts after which the space of prompts counts as exhausted
 _MAX_MISSES = 2000

@@ -120,7 +120,8 @@ def test_kinds_and_exclude_kinds() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"n": 0}, "n must be >= 1"),
+        ({"n": 0}, "n must be between 1 and 100000, got 0"),
+        ({"n": 10**9}, "n must be between 1 and 100000, got 1000000000"),
         ({"n": 5, "kinds": ["shouting"]}, "unknown instruction kind 'shouting'"),
         ({"n": 5, "exclude_kinds": ["nope"]}, "unknown instruction kind 'nope'"),
         ({"n": 5, "kinds": ["quoted"], "exclude_kinds": ["quoted"]}, "no instruction kinds"),
@@ -287,6 +288,7 @@ def test_run_synth_writes_the_file(tmp_path: Path, capsys: pytest.CaptureFixture
     ("overrides", "flag"),
     [
         ({"n": 0}, "--n"),
+        ({"n": 100_001}, "--n"),
         ({"kinds": "lowercase,shouting"}, "--kinds"),
         ({"kinds": " , "}, "--kinds"),
         ({"exclude_kinds": "nope"}, "--exclude-kinds"),

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write N instruction prompts, each with one or two instructions and the "
         "checks that verify them, as a JSON-lines prompt file. Same seed, same file.",
     )
-    synth.add_argument("--n", type=int, required=True, help="number of prompts (>= 1)")
+    synth.add_argument("--n", type=int, required=True, help="number of prompts (1 to 100000)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     synth.add_argument("--out", type=Path, required=True, help="the .jsonl file to write")
     synth.add_argument(
@@ -70,10 +70,10 @@ def _kind_list(text: str | None, flag: str) -> list[str] | None:
 def run_synth(args: argparse.Namespace) -> int:
     """Generate and write the prompts; bad arguments raise ConfigError naming the flag."""
     from selfimprove.sources import JSON_LINES_SUFFIXES
-    from selfimprove.synth import resolve_kinds, synth_prompts, write_jsonl
+    from selfimprove.synth import MAX_PROMPTS, resolve_kinds, synth_prompts, write_jsonl
 
-    if args.n < 1:
-        raise ConfigError("--n", f"must be >= 1, got {args.n}")
+    if not 1 <= args.n <= MAX_PROMPTS:
+        raise ConfigError("--n", f"must be between 1 and {MAX_PROMPTS}, got {args.n}")
     if args.out.suffix.lower() not in JSON_LINES_SUFFIXES:
         # other names are read back as plain text, one prompt a line, without their checks
         raise ConfigError(args.out, "--out must end in .jsonl (or .json, .ndjson): prompt "
