@@ -22,7 +22,7 @@ from selfimprove.improvement_cycle.graph import build_cycle_graph
 from selfimprove.improvement_cycle.state import Arm, CycleContext
 from selfimprove.roles import Roles
 from selfimprove.rundir import RunDir
-from selfimprove.sources import PromptRecord, check_ids_against
+from selfimprove.sources import PromptRecord
 from selfimprove.store import is_heldout, seed_salt
 from selfimprove.transfer import evaluate_transfer, load_transfer_sets
 
@@ -70,11 +70,15 @@ def load_run_config(run: RunDir) -> RunConfig:
     return load_config(run.config_path, RunConfig)
 
 
-def load_run_prompts(cfg: RunConfig) -> list[PromptRecord]:
+def load_run_prompts(cfg: RunConfig, constitution: Constitution | None = None
+                     ) -> list[PromptRecord]:
+    """The run's prompts; with ``constitution``, a prompt check reusing one of its check ids
+    for another check is a located error."""
     from selfimprove.sources import load_dataset_prompts, load_prompt_records
 
     if cfg.prompts.path is not None:
-        return load_prompt_records(cfg.prompts.path, cfg.prompts.field)
+        return load_prompt_records(cfg.prompts.path, cfg.prompts.field,
+                                   constitution=constitution)
     assert cfg.prompts.dataset is not None
     pairs = load_dataset_prompts(cfg.prompts.dataset, cfg.prompts.split, cfg.prompts.field)
     return [PromptRecord(id=pid, prompt=text) for pid, text in pairs]
@@ -99,7 +103,7 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
     from selfimprove.models import EMBEDDED_NAME, embedded_gguf, resolve_model
 
     constitution = load_constitution(cfg.critique.constitution)
-    prompts = load_run_prompts(cfg)
+    prompts = load_run_prompts(cfg, constitution)
     salt = seed_salt(cfg.seed)
     # held-out prompts are split by prompt text, whatever checks they carry
     heldout = [p for p in prompts if is_heldout(p.prompt, salt, cfg.heldout_fraction)]
@@ -123,10 +127,7 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
     if backend is not None and backend.kind != "openai":
         # A missing local model or package fails here, not after the run directory exists.
         embedded_gguf() if backend.model == EMBEDDED_NAME else resolve_model(backend.model)
-    transfer = load_transfer_sets(cfg.transfer_prompts, train, where)
-    for source, records in [(cfg.prompts.path or cfg.prompts.dataset, prompts),
-                            *transfer.items()]:
-        check_ids_against(str(source), records, constitution.checks, constitution.name)
+    transfer = load_transfer_sets(cfg.transfer_prompts, train, where, constitution=constitution)
     return Prepared(cfg, constitution, train, heldout, transfer)
 
 

@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -19,6 +19,9 @@ from selfimprove.errors import ConfigError
 from selfimprove.hashing import prompt_id
 from selfimprove.pydantic_errors import first_error, more_errors, one_edit_apart
 from selfimprove.types import Message
+
+if TYPE_CHECKING:
+    from selfimprove.constitution import Constitution
 
 _PACKAGED_DIR = "data/prompts"
 #: every check kind, for error messages
@@ -106,11 +109,14 @@ def load_prompts(path: str | Path, field: str = "prompt") -> list[tuple[str, str
 
 
 def load_prompt_records(path: str | Path, field: str = "prompt", *,
-                        all_errors: bool = False) -> list[PromptRecord]:
+                        all_errors: bool = False,
+                        constitution: Constitution | None = None) -> list[PromptRecord]:
     """Read prompt records from a JSON-lines file (``.jsonl``, ``.json`` or ``.ndjson``, any
     case: ``{"prompt": ..., "id": ..., "checks": [...]}`` per line) or a text file (one
     prompt per line). Blank lines are skipped; errors name the file, line and field. With
     ``all_errors`` every bad line is reported (:class:`PromptFileErrors`), not just the first.
+    With ``constitution``, a prompt check that takes the id of a different check of it is an
+    error on its line.
 
     A bare name such as ``general`` that is not an existing file names a packaged prompt set.
     """
@@ -145,6 +151,8 @@ def load_prompt_records(path: str | Path, field: str = "prompt", *,
     out: list[PromptRecord] = []
     problems: list[ConfigError] = []
     first_line: dict[str, int] = {}  # prompt id -> the line that gave it first
+    theirs = {c.id: c for c in constitution.checks} if constitution is not None else {}
+    owner = f"the constitution {constitution.name!r}" if constitution is not None else ""
     for no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -152,6 +160,7 @@ def load_prompt_records(path: str | Path, field: str = "prompt", *,
             record = (_record(path, no, line, field) if json_lines
                       else _text_record(path, no, line))
             _unique(path, no, record, first_line)
+            _no_clash(path, no, record, theirs, owner)
         except ConfigError as exc:
             if not all_errors:
                 raise
@@ -340,21 +349,18 @@ def _checks(path: Path, no: int, row: dict[str, Any]) -> tuple[Check, ...]:
     return checks
 
 
-def check_ids_against(where: str | Path, records: Sequence[PromptRecord],
-                      checks: Sequence[Check], constitution: str) -> None:
+def _no_clash(path: Path, no: int, record: PromptRecord, theirs: dict[str, Check],
+              owner: str) -> None:
     """Refuse a prompt check that reuses the id of a different check of the constitution:
     pass rates are kept by check id, so the two would be counted as one."""
-    theirs = {c.id: c for c in checks}
-    for record in records:
-        for i, check in enumerate(record.checks):
-            other = theirs.get(check.id)
-            # the same kind and parameters (hard and description aside) is the same check
-            if other is not None and other.derived_id() != check.derived_id():
-                raise ConfigError(
-                    where, f"prompt {record.id!r}: check id {check.id!r} is also a different "
-                    f"check of the constitution {constitution!r}; give this one its own id",
-                    field=f"checks[{i}].id",
-                )
+    for i, check in enumerate(record.checks):
+        other = theirs.get(check.id)
+        # the same kind and parameters (hard and description aside) is the same check
+        if other is not None and other.derived_id() != check.derived_id():
+            raise ConfigError(
+                path, f"check id {check.id!r} is also a different check of {owner}; give "
+                "this one its own id", line=no, field=f"checks[{i}].id",
+            )
 
 
 def load_dataset_prompts(name: str, split: str = "train", field: str = "prompt"):

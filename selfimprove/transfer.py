@@ -36,11 +36,12 @@ def transfer_set_name(source: str | Path) -> str:
 
 def load_transfer_sets(
     sources: Sequence[str], train: Sequence[PromptRecord], where: Path | str = "<config>",
-    field: str | None = "transfer_prompts",
+    field: str | None = "transfer_prompts", *, constitution: Constitution | None = None,
 ) -> dict[str, list[PromptRecord]]:
     """Load each set by name; a set that shares a name with another or holds a
     training prompt of the run is a located error (it could not show transfer). Errors name
-    ``where`` and ``field.INDEX`` (no field when ``field`` is None)."""
+    ``where`` and ``field.INDEX`` (no field when ``field`` is None); with ``constitution``, a
+    prompt check that reuses one of its check ids for another check is an error on its line."""
     from selfimprove.sources import load_prompt_records
 
     trained = {p.prompt for p in train}
@@ -50,7 +51,8 @@ def load_transfer_sets(
         name = transfer_set_name(source)
         if name in sets:
             raise ConfigError(where, f"two transfer prompt sets are named '{name}'", field=key)
-        records = load_prompt_records(source)  # an empty file is an error of its own
+        # an empty file is an error of its own
+        records = load_prompt_records(source, constitution=constitution)
         seen = [r.prompt for r in records if r.prompt in trained]
         if seen:
             raise ConfigError(

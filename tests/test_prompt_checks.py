@@ -228,8 +228,8 @@ def test_prompts_check_validates_files_without_a_model(tmp_path, capsys):
         {"id": "says_something", "kind": "max_words", "value": 3}]})
     assert cli.main(["prompts", "check", str(clash), "--constitution", "instructions"]) == 1
     err = capsys.readouterr().err
-    assert "field 'checks[0].id'" in err
-    assert "check id 'says_something' is also a different check of the constitution" in err
+    assert f"{clash}:1: field 'checks[0].id': check id 'says_something' is also a different " \
+        "check of the constitution 'instructions'" in err
     same = write(tmp_path, {"prompt": "Say hi.", "checks": [
         {"id": "says_something", "kind": "min_words", "value": 8}]})
     assert cli.main(["prompts", "check", str(same), "--constitution", "instructions"]) == 0

@@ -138,6 +138,6 @@ def test_cli_run_refuses_a_prompt_check_that_reuses_a_constitution_check_id(tmp_
     run_dir = tmp_path / "run"
     assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 2
     err = capsys.readouterr().err
-    assert f"{prompts}: field 'checks[0].id'" in err
+    assert f"{prompts}:10: field 'checks[0].id'" in err  # the record's line
     assert "'says_something' is also a different check of the constitution" in err
     assert not run_dir.exists()

@@ -57,6 +57,21 @@ def test_two_sets_of_one_name_and_an_empty_set_are_refused(tmp_path):
         load_transfer_sets([str(empty)], [], "run.yaml")
 
 
+def test_a_set_whose_check_takes_a_constitution_check_id_is_refused_at_its_line(tmp_path):
+    from selfimprove.constitution import load_constitution
+
+    clash = {"prompt": "a third one?", "checks": [
+        {"id": "says_something", "kind": "max_words", "value": 3}]}
+    path = write_jsonl(tmp_path / "clash.jsonl", [*UNSEEN, clash])
+    with pytest.raises(ConfigError) as err:
+        load_transfer_sets([str(path)], [], "run.yaml",
+                           constitution=load_constitution("instructions"))
+    assert (err.value.path, err.value.line, err.value.field) == (str(path), 3, "checks[0].id")
+    assert "also a different check of the constitution 'instructions'" in err.value.detail
+    # without a constitution there is nothing to clash with
+    assert len(load_transfer_sets([str(path)], [], "run.yaml")["clash"]) == 3
+
+
 def _run(tmp_path: Path, resume: bool = False, **overrides):
     stages: list[tuple[str, str]] = []
     run_dir = tmp_path / "run"

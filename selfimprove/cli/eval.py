@@ -54,6 +54,7 @@ def _versions(spec: str, registry) -> list[str]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from selfimprove.constitution import load_constitution
     from selfimprove.errors import ConfigError
     from selfimprove.paired import paired_passes
     from selfimprove.registry import PolicyRegistry
@@ -71,11 +72,13 @@ def run_eval(args: argparse.Namespace) -> int:
                           "report already")
     if args.prompts and args.save:
         # loaded once, and refused if it holds a training prompt of the run
-        train = prepare(cfg, run.config_path).train_prompts
-        (prompts,) = load_transfer_sets([args.prompts], train, "--prompts", field=None).values()
+        prepared = prepare(cfg, run.config_path)
+        (prompts,) = load_transfer_sets([args.prompts], prepared.train_prompts, "--prompts",
+                                        field=None, constitution=prepared.constitution).values()
         source = str(args.prompts)
     elif args.prompts:
-        prompts = load_prompt_records(args.prompts)
+        prompts = load_prompt_records(
+            args.prompts, constitution=load_constitution(cfg.critique.constitution))
         source = str(args.prompts)
     else:
         prompts = prepare(cfg, run.config_path).heldout_prompts

@@ -100,15 +100,14 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     """Check every file; report each, and return 1 if any failed (after checking all)."""
     from selfimprove.constitution import load_constitution
-    from selfimprove.sources import check_ids_against, load_prompt_records
+    from selfimprove.sources import load_prompt_records
 
     constitution = load_constitution(args.constitution) if args.constitution else None
     failed = 0
     for ref in args.paths:
         try:
-            records = load_prompt_records(ref, args.field, all_errors=True)
-            if constitution is not None:
-                check_ids_against(ref, records, constitution.checks, constitution.name)
+            records = load_prompt_records(ref, args.field, all_errors=True,
+                                          constitution=constitution)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             failed += 1
