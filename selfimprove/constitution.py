@@ -2,7 +2,8 @@
 
 A constitution file is data, never code (``yaml.safe_load`` semantics, no eval). It may
 ``extends`` a parent: the child's principles and checks replace the parent's ones with the same
-``id`` and add new ones; the ``judge`` fields it sets replace the parent's ones field by field;
+``id`` and add new ones, and ``remove`` leaves out the parent's ones it names by id; the
+``judge`` fields it sets replace the parent's ones field by field;
 everything else is inherited unless the child sets it. Every error is a
 :class:`~selfimprove.errors.ConfigError` naming the file, the line and the field.
 
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from selfimprove.checks import Check
 from selfimprove.errors import ConfigError
-from selfimprove.pydantic_errors import ID_PATTERN
+from selfimprove.pydantic_errors import ID_PATTERN, one_edit_apart
 from selfimprove.yamlio import line_of, load_model, read_yaml
 
 __all__ = [
@@ -129,6 +130,18 @@ def _version(value: Any) -> Any:
     return value
 
 
+class Removal(BaseModel):
+    """With ``extends``: the parent's principles and checks, by id, that this file leaves out."""
+
+    model_config = ConfigDict(extra="forbid")
+    principles: list[PrincipleId] = Field(
+        default_factory=list, description="ids of the parent's principles to leave out"
+    )
+    checks: list[Text] = Field(
+        default_factory=list, description="ids of the parent's checks to leave out"
+    )
+
+
 class ConstitutionFile(BaseModel):
     """One constitution file as written, before ``extends`` is resolved.
 
@@ -146,6 +159,10 @@ class ConstitutionFile(BaseModel):
     )
     principles: list[Principle] | None = None
     checks: list[Check] = Field(default_factory=list)
+    remove: Removal | None = Field(
+        default=None,
+        description="with `extends`: the parent's principles and checks (by id) left out",
+    )
     judge: JudgeFile | None = None
     examples: list[Example] | None = Field(
         default=None, description=_EXAMPLES_DOC + "; with `extends`, set replaces the parent's"
@@ -315,6 +332,9 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> Constitution:
     _check_unique_ids(path, node, raw)
     if raw.extends is None:
         parent = None
+        if raw.remove is not None:
+            raise ConfigError(path, "'remove' leaves out a parent's principles or checks; it "
+                              "needs `extends`", line=line_of(node, ("remove",)), field="remove")
         _require(path, node, raw, "principles", "at least one principle is required")
         _require(path, node, raw, "judge", "a judge rubric is required (or use `extends`)")
         if raw.judge is not None and raw.judge.pairwise is None:
@@ -322,6 +342,8 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> Constitution:
             raise ConfigError(path, "Field required", line=line, field="judge.pairwise")
     else:
         parent = _resolve_parent(path, node, raw.extends, chain)
+        if raw.remove is not None:
+            parent = _remove(path, node, raw, parent)
     fields = _merge(raw, parent)
     try:
         constitution = Constitution(**fields, source=path)
@@ -396,6 +418,36 @@ def _resolve_parent(path: Path, node: Any, ref: str, chain: tuple[Path, ...]) ->
             path, "extends cycle: " + " -> ".join(loop), line=line, field="extends"
         )
     return _resolve(parent_path, seen)
+
+
+def _remove(path: Path, node: Any, raw: ConstitutionFile, parent: Constitution
+            ) -> Constitution:
+    """``parent`` without the principles and checks ``raw.remove`` names; an id the parent
+    does not have, or one this file also defines, is a located error."""
+    assert raw.remove is not None
+    kept: dict[str, list[Any]] = {}
+    for field in ("principles", "checks"):
+        theirs = [item.id for item in getattr(parent, field)]
+        mine = {item.id for item in getattr(raw, field) or []}
+        removed = getattr(raw.remove, field)
+        for i, item_id in enumerate(removed):
+            where = {"line": line_of(node, ("remove", field, i)), "field": f"remove.{field}[{i}]"}
+            if item_id not in theirs:
+                near = [t for t in theirs if one_edit_apart(item_id, t)]
+                hint = f"did you mean '{near[0]}'?" if near else (
+                    f"its {field}: {', '.join(theirs) or 'none'}")
+                raise ConfigError(path, f"the parent '{parent.name}' has no {field[:-1]} "
+                                  f"'{item_id}' ({hint})", **where)
+            if item_id in mine:
+                raise ConfigError(path, f"'{item_id}' is both removed and defined in this "
+                                  f"file: drop one (a {field[:-1]} with the parent's id "
+                                  "replaces the parent's)", **where)
+        kept[field] = [item for item in getattr(parent, field) if item.id not in removed]
+    if not kept["principles"] and not raw.principles:
+        raise ConfigError(path, "removes every principle of the parent and adds none: at least "
+                          "one principle is required", line=line_of(node, ("remove",)),
+                          field="remove.principles")
+    return parent.model_copy(update=kept)
 
 
 def _merge_by_id(parent: list[Any], child: list[Any]) -> list[Any]:

@@ -186,6 +186,82 @@ def test_extends_override_and_inherit(tmp_path: Path) -> None:
     assert grandchild.content_hash != child.content_hash
 
 
+PARENT = """
+    name: parent
+    version: 1
+    principles:
+      - {id: a, critique: parent a, revision: parent a rev}
+      - {id: b, critique: parent b, revision: parent b rev}
+    checks:
+      - {id: short, kind: max_words, value: 100}
+      - {id: polite, kind: forbid_phrases, phrases: [shut up]}
+    """ + JUDGE
+
+
+def test_extends_remove_leaves_out_parent_entries(tmp_path: Path) -> None:
+    write(tmp_path / "parent.yaml", PARENT)
+    write(tmp_path / "child.yaml", """
+        name: child
+        version: 1
+        extends: parent
+        remove: {principles: [a], checks: [short]}
+        checks:
+          - {id: tiny, kind: max_words, value: 5}
+        """)
+    child = load_constitution(tmp_path / "child.yaml")
+    assert [p.id for p in child.principles] == ["b"]
+    assert [c.id for c in child.checks] == ["polite", "tiny"]
+    # a grandchild inherits the removal, and may bring a removed id back as its own
+    write(tmp_path / "grandchild.yaml", """
+        name: grandchild
+        version: 1
+        extends: child
+        checks:
+          - {id: short, kind: max_words, value: 50}
+        """)
+    grandchild = load_constitution(tmp_path / "grandchild.yaml")
+    assert [c.id for c in grandchild.checks] == ["polite", "tiny", "short"]
+    # removing everything but adding a principle is a constitution still
+    write(tmp_path / "replaced.yaml", """
+        name: replaced
+        version: 1
+        extends: parent
+        remove: {principles: [a, b]}
+        principles:
+          - {id: c, critique: own c, revision: own c rev}
+        """)
+    assert [p.id for p in load_constitution(tmp_path / "replaced.yaml").principles] == ["c"]
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "field", "message"),
+    [
+        ("extends: parent\nremove:\n  checks: [shrot]\n", 5, "remove.checks[0]",
+         "the parent 'parent' has no check 'shrot' (did you mean 'short'?)"),
+        ("extends: parent\nremove:\n  principles: [a, zzz]\n", 5, "remove.principles[1]",
+         "the parent 'parent' has no principle 'zzz' (its principles: a, b)"),
+        ("extends: parent\nremove:\n  checks: [short]\nchecks:\n"
+         "  - {id: short, kind: max_words, value: 5}\n", 5, "remove.checks[0]",
+         "'short' is both removed and defined in this file"),
+        ("extends: parent\nremove: {principles: [a, b]}\n", 4, "remove.principles",
+         "removes every principle of the parent and adds none"),
+        ("remove: {checks: [short]}\nprinciples:\n  - {id: a, critique: c, revision: r}\n"
+         + JUDGE, 3, "remove", "it needs `extends`"),
+        ("extends: parent\nremove: {check: [short]}\n", 4, "remove.check",
+         "unknown key"),
+    ],
+)
+def test_extends_remove_errors_are_located(tmp_path: Path, body: str, line: int, field: str,
+                                           message: str) -> None:
+    write(tmp_path / "parent.yaml", PARENT)
+    path = tmp_path / "child.yaml"
+    path.write_text("name: child\nversion: 1\n" + body, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_constitution(path)
+    assert (err.value.path, err.value.line, err.value.field) == (str(path), line, field)
+    assert message in err.value.detail
+
+
 def test_extends_shipped_by_name_from_elsewhere(tmp_path: Path) -> None:
     write(tmp_path / "mine.yaml", "name: mine\nversion: 1\nextends: concise\n")
     mine = load_constitution(tmp_path / "mine.yaml")
