@@ -138,17 +138,29 @@ class RunDir:
         return self.config_path.is_file()
 
     def refuse_existing(self) -> None:
-        """Raise :class:`RunDirError` if the directory already holds a run."""
+        """Raise :class:`RunDirError` unless the path is free for a new run: absent, or an
+        empty directory. A run's files in a directory of other files would overwrite them."""
         if self.holds_run():
             raise RunDirError(
                 f"{self.path} already holds a run; continue it with `selfimprove run --resume "
                 f"{self.path}` or choose another --run-dir"
             )
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} is a file, not a directory: choose another --run-dir")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            raise RunDirError(
+                f"{self.path} holds files but no run; a run writes its own files there "
+                "(summary.json, status.json, report.md, ...): choose a new or empty --run-dir"
+            )
 
     def create(self, config: BaseModel, summary: dict[str, Any]) -> None:
-        """Write the config and summary of a new run; refuse a directory holding a run."""
+        """Write the config and summary of a new run; refuse a path that is not free."""
         self.refuse_existing()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"{self.path}: cannot create the run directory "
+                              f"({exc.strerror or exc})") from None
         write_text(self.config_path, yaml.safe_dump(config.model_dump(mode="json"),
                                                      sort_keys=False))
         write_json(self.path / self.SUMMARY, summary)

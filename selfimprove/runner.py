@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from selfimprove.errors import ConfigError, SelfImproveError
 from selfimprove.improvement_cycle.graph import build_cycle_graph
 from selfimprove.improvement_cycle.state import Arm, CycleContext
 from selfimprove.roles import Roles
-from selfimprove.rundir import RunDir
+from selfimprove.rundir import RunDir, RunDirError
 from selfimprove.sources import PromptRecord
 from selfimprove.store import is_heldout, seed_salt
 from selfimprove.transfer import evaluate_transfer, load_transfer_sets
@@ -190,11 +191,22 @@ async def run_cycles(ctx: CycleContext, *, resume: bool = False) -> dict[str, An
     if not ctx.cfg.durable:
         graph = build_cycle_graph()
         return await graph.ainvoke({"cycle": 0}, {**THREAD, **limit}, context=ctx)
-    async with AsyncSqliteSaver.from_conn_string(str(ctx.run.checkpoints_path)) as saver:
+    path = ctx.run.checkpoints_path
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
         graph = build_cycle_graph(checkpointer=saver)
-        snapshot = await graph.aget_state(THREAD)
+        try:
+            snapshot = await graph.aget_state(THREAD)
+        except sqlite3.DatabaseError as exc:
+            raise RunDirError(f"{path}: unreadable checkpoint database ({exc}); the run "
+                              "cannot be continued from it") from None
         # Resume from the checkpoint whenever one exists; the state says whether it finished.
         started = bool(snapshot.values)
+        if not started and ctx.run.load_cycles():
+            # Without its checkpoints a run would start at cycle 1 again, over its own records.
+            raise RunDirError(
+                f"{path} is missing or empty, but {ctx.run.path} has finished cycles: the run "
+                "cannot be continued; start a new one (its store and policies stay readable)"
+            )
         if started and snapshot.values.get("done") and not snapshot.next:
             ctx.progress("run", "the run had already finished")
             return snapshot.values

@@ -231,6 +231,14 @@ class PreferenceStore:
         if not self.meta_path.is_file():
             if self.readonly:
                 raise StoreError(f"no preference store at {self.dir} (no meta.json there)")
+            if any(any(self._kind_dir(kind).glob("*.parquet")) for kind in ("pairs", "sft")):
+                # A new meta.json would draw a new held-out split over rows written under the
+                # old one: held-out prompts could then be trained on.
+                raise StoreError(
+                    f"{self.meta_path} is missing, but the store holds shards: its held-out "
+                    "split is lost with it; restore meta.json from a copy of this store (a new "
+                    "one would draw a new split over rows written under the old)"
+                )
             meta = {
                 "format": FORMAT_VERSION,
                 "heldout_fraction": _DEFAULT_HELDOUT if fraction is None else fraction,
@@ -251,8 +259,9 @@ class PreferenceStore:
             )
         if salt is not None and salt != meta["salt"]:
             raise StoreError(
-                f"{self.meta_path}: the store was created with another salt; reopening it with "
-                "a different one would move the held-out split"
+                f"{self.meta_path}: the store was created with another salt (a run's salt comes "
+                "from its seed: was the seed changed?); reopening it with a different one would "
+                "move the held-out split"
             )
         return meta
 

@@ -142,3 +142,34 @@ def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
     finish(work, run_dir)
     assert status_of(run_dir)["status"] == "finished"
     assert fingerprint(run_dir) == fingerprint(reference)
+
+
+def _scripted_run(tmp_path: Path, resume: bool = False) -> Path:
+    from selfimprove.runner import run
+    from tests.scripted_cycle import fake_trainer, load_cfg, make_roles
+
+    run_dir = tmp_path / "run"
+    if resume:
+        run(None, run_dir, resume=True, roles=make_roles(), trainer=fake_trainer)
+    else:
+        cfg_path = write_inputs(tmp_path)
+        run(load_cfg(cfg_path), run_dir, config_path=cfg_path, roles=make_roles(),
+            trainer=fake_trainer)
+    return run_dir
+
+
+def test_a_run_whose_checkpoints_are_lost_or_damaged_is_not_restarted(tmp_path):
+    from selfimprove.rundir import RunDir, RunDirError
+
+    run_dir = _scripted_run(tmp_path)
+    checkpoints = RunDir(run_dir).checkpoints_path
+    cycles = sorted(p.name for p in (run_dir / "cycles").iterdir())
+    assert cycles
+    checkpoints.write_bytes(b"not a database, " * 64)
+    with pytest.raises(RunDirError, match="checkpoints.sqlite: unreadable checkpoint database"):
+        _scripted_run(tmp_path, resume=True)
+    checkpoints.unlink()
+    with pytest.raises(RunDirError, match="missing or empty, but .* has finished cycles"):
+        _scripted_run(tmp_path, resume=True)
+    # cycle 1 did not start again over the run's records
+    assert sorted(p.name for p in (run_dir / "cycles").iterdir()) == cycles

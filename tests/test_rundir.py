@@ -89,6 +89,26 @@ def test_create_writes_config_and_summary_once(tmp_path):
     assert run.summary() == {"constitution": "concise", "cycles": 2}
 
 
+def test_create_takes_only_a_new_or_empty_directory(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    RunDir(empty).create(RunConfig(), {})  # an empty directory is free
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "summary.json").write_text('{"mine": "important data"}')
+    with pytest.raises(RunDirError, match="holds files but no run.*new or empty --run-dir"):
+        RunDir(theirs).create(RunConfig(), {})
+    assert (theirs / "summary.json").read_text() == '{"mine": "important data"}'
+    assert sorted(p.name for p in theirs.iterdir()) == ["summary.json"]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    with pytest.raises(RunDirError, match="is a file, not a directory"):
+        RunDir(a_file).create(RunConfig(), {})
+    with pytest.raises(RunDirError, match="cannot create the run directory"):
+        RunDir(a_file / "run").create(RunConfig(), {})
+    assert a_file.read_text() == "keep"
+
+
 def test_summary_missing_or_not_an_object(tmp_path):
     run = RunDir(tmp_path)
     assert run.summary() == {}

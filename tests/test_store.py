@@ -61,6 +61,17 @@ def test_meta_is_fixed_at_creation(tmp_path):
     assert store.pairs_dataset().num_rows == 0
 
 
+def test_a_lost_meta_json_is_not_recreated_next_to_shards(tmp_path):
+    store = store_at(tmp_path, 0.0, salt="pepper")
+    pairs, sft = W.shard_rows(0)
+    store.append(pairs, sft, "cycle0-batch0")
+    meta = tmp_path / "store" / "meta.json"
+    meta.unlink()
+    with pytest.raises(StoreError, match="meta.json is missing, but the store holds shards"):
+        PreferenceStore(tmp_path, heldout_fraction=0.0, salt="other")  # e.g. the seed changed
+    assert not meta.exists()  # no new split was drawn
+
+
 def test_new_store_without_a_salt_uses_seed_0s(tmp_path):
     """Reproducible: two fresh stores over the same prompts hold out the same ones."""
     a, b = PreferenceStore(tmp_path / "a"), PreferenceStore(tmp_path / "b")
