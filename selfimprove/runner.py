@@ -60,7 +60,7 @@ def _resolve(path: str, config_path: Path | None, field: str) -> str:
         return str(found.resolve())
     if packaged_prompts(path) is not None:
         return path
-    tried = ", ".join(str(p.resolve()) for p in candidates)
+    tried = ", ".join(dict.fromkeys(str(p.resolve()) for p in candidates))  # once each
     raise ConfigError(config_path or "<config>", f"prompt file not found (tried {tried})",
                       field=field)
 
@@ -103,7 +103,13 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
     """
     from selfimprove.models import EMBEDDED_NAME, embedded_gguf, resolve_model
 
-    constitution = load_constitution(cfg.critique.constitution)
+    try:
+        constitution = load_constitution(cfg.critique.constitution)
+    except ConfigError as exc:
+        if exc.path != str(cfg.critique.constitution):
+            raise  # an error inside the constitution's file names that file
+        # no such constitution: the config's field is what to fix
+        raise ConfigError(where, exc.detail, field="critique.constitution") from None
     prompts = load_run_prompts(cfg, constitution)
     salt = seed_salt(cfg.seed)
     # held-out prompts are split by prompt text, whatever checks they carry
@@ -124,6 +130,7 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
             raise ConfigError(where, f"the control arm 'trim' needs a hard max_words check, and "
                               f"constitution '{constitution.name}' has none (use best_of_checks "
                               "or auto)", field="control.kind")
+    _check_devices(cfg, where)
     backend = cfg.critique.roles.policy.backend
     if backend is not None and backend.kind != "openai":
         # A missing local model or package fails here, not after the run directory exists.
@@ -218,6 +225,27 @@ async def run_cycles(ctx: CycleContext, *, resume: bool = False) -> dict[str, An
             context=ctx,
             durability="sync",
         )
+
+
+def _check_devices(cfg: RunConfig, where: Path | str) -> None:
+    """A device this machine lacks fails here, before the run directory exists (after it, the
+    same command, fixed, would find the directory taken)."""
+    for role in ("policy", "critic", "reviser", "judge", "sampler"):
+        backend = getattr(cfg.critique.roles, role).backend
+        if backend is None or backend.device is None or backend.kind == "openai":
+            continue
+        import torch
+
+        field = f"critique.roles.{role}.backend.device"
+        try:
+            device = torch.device(backend.device)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(where, f"not a torch device: {exc}", field=field) from None
+        accelerator = getattr(torch, device.type, None)
+        available = getattr(accelerator, "is_available", None)
+        if device.type != "cpu" and available is not None and not available():
+            raise ConfigError(where, f"device '{backend.device}': this machine has no "
+                              f"{device.type} device (torch {torch.__version__})", field=field)
 
 
 def create_run(cfg: RunConfig, run_dir: Path | str, config_path: Path | None = None

@@ -565,7 +565,12 @@ class PreferenceStore:
         import pyarrow.parquet as pq
 
         to = Path(to)
-        to.mkdir(parents=True, exist_ok=True)
+        _check_export_folder(to)
+        try:
+            to.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{to}: cannot create the export folder ({exc.strerror or exc})"
+                             ) from None
         for kind in ("pairs", "sft"):
             table = self._table(kind)
             _atomic_write(to / f"{kind}.parquet", lambda f, t=table: pq.write_table(t, f), "")
@@ -585,6 +590,27 @@ class PreferenceStore:
                 f"pushing {self.dir} to the Hugging Face hub dataset '{repo_id}' failed: "
                 f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
+
+
+_EXPORT_FILES = ("pairs.parquet", "sft.parquet", "README.md")
+_CARD_START = "---\nconfigs:\n- config_name: pairs\n"
+
+
+def _check_export_folder(to: Path) -> None:
+    """Refuse to overwrite files that are not an earlier export's (its card says so)."""
+    if to.exists() and not to.is_dir():
+        raise StoreError(f"{to}: the export goes into a folder, and this is a file")
+    present = [name for name in _EXPORT_FILES if (to / name).exists()]
+    if not present:
+        return
+    card = to / "README.md"
+    try:
+        ours = card.is_file() and card.read_text(encoding="utf-8").startswith(_CARD_START)
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        raise StoreError(f"{to} holds {', '.join(present)}, not from an earlier export: the "
+                         "export would replace them; choose a new or empty folder")
 
 
 def _dataset_card(stats: Mapping[str, Any]) -> str:

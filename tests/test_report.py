@@ -380,6 +380,20 @@ def test_cli_regenerates_report(tmp_path, capsys):
     assert (tmp_path / "report.md").read_text() == text
 
 
+def test_cli_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    make_run(tmp_path, summary=SUMMARY, records=cycles())
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    assert cli_main(["report", str(tmp_path), "--out", str(folder)]) == 2
+    assert "--out is a folder; name the report file" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    assert cli_main(["report", str(tmp_path), "--out", str(a_file / "report.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {a_file}") and "Traceback" not in err
+    assert a_file.read_text() == "keep"
+
+
 def test_cli_without_cycles_gives_a_clear_error(tmp_path, capsys):
     with pytest.raises(ReportError, match="no finished cycles to report on"):
         run_report(argparse.Namespace(run_dir=tmp_path, out=None))

@@ -141,3 +141,29 @@ def test_cli_run_refuses_a_prompt_check_that_reuses_a_constitution_check_id(tmp_
     assert f"{prompts}:10: field 'checks[0].id'" in err  # the record's line
     assert "'says_something' is also a different check of the constitution" in err
     assert not run_dir.exists()
+
+
+def test_cli_run_names_the_config_field_of_a_missing_constitution(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("critique:\n  constitution: nosuch\n")
+    run_dir = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: field 'critique.constitution': no constitution named 'nosuch'" in err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("device", ["tpu9", "cuda"])
+def test_cli_run_refuses_a_device_before_the_run_directory_exists(tmp_path, capsys, device):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"critique:\n  roles:\n    policy:\n      backend: {{device: {device}}}\n")
+    run_dir = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: field 'critique.roles.policy.backend.device'" in err
+    assert ("not a torch device" if device == "tpu9" else "has no cuda device") in err
+    assert not run_dir.exists()  # the same command, fixed, can start this run

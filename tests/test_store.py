@@ -297,6 +297,34 @@ def test_export_is_loadable_with_a_dataset_card(tmp_path):
     assert set(pairs["content_hash"]) == store.row_hashes("pairs")
 
 
+def test_export_replaces_only_an_earlier_export(tmp_path):
+    store = store_at(tmp_path / "run")
+    store.append(*W.shard_rows(0), "s0")
+    out = store.export(tmp_path / "export")
+    store.append(*W.shard_rows(1), "s1")
+    assert "(8 rows)" in (store.export(out) / "README.md").read_text()  # again: replaced
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("# my project\n")
+    (project / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="holds README.md, not from an earlier export"):
+        store.export(project)
+    assert (project / "README.md").read_text() == "# my project\n"
+    assert sorted(p.name for p in project.iterdir()) == ["README.md", "notes.txt"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    store.export(other)  # none of its files has an export's name
+    assert (other / "notes.txt").read_text() == "mine"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    with pytest.raises(StoreError, match="goes into a folder, and this is a file"):
+        store.export(a_file)
+    with pytest.raises(StoreError, match="cannot create the export folder"):
+        store.export(a_file / "sub")
+    assert a_file.read_text() == "keep"
+
+
 def test_push_to_hub_failure_is_a_clear_store_error(tmp_path, monkeypatch):
     from huggingface_hub import constants
 

@@ -54,6 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`... | head`): nothing left to say, and no one to say it to
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # a path the user gave (or its folder) cannot be read or written: one line, not a
+        # traceback; -v shows where it came from
+        logging.getLogger(__name__).debug("OSError", exc_info=True)
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def _quiet_libraries() -> None:

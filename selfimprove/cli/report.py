@@ -26,6 +26,8 @@ def run_report(args: argparse.Namespace) -> int:
     from selfimprove.report import ReportError, write_report
     from selfimprove.rundir import RunDir
 
+    if args.out is not None and args.out.is_dir():
+        raise ReportError(f"{args.out}: --out is a folder; name the report file (report.md)")
     run = RunDir(args.run_dir)
     cycles = run.load_cycles()
     if not cycles:
