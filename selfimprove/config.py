@@ -26,7 +26,7 @@ class HarvestConfig(BaseModel):
     """Which pairs to keep."""
 
     model_config = ConfigDict(extra="forbid")
-    strategies: list[Strategy] = Field(default_factory=lambda: ["revision"])
+    strategies: list[Strategy] = Field(default_factory=lambda: ["revision"], min_length=1)
     min_margin: float = Field(
         default=0.0,
         ge=0.0,
@@ -59,6 +59,17 @@ class HarvestConfig(BaseModel):
         description="the pointwise judge's score range (max - min), used to normalize "
         "best_of_n score gaps into [0, 1]",
     )
+
+    @model_validator(mode="after")
+    def _ratios_ordered(self) -> HarvestConfig:
+        _ratio_bounds_ordered(self.min_length_ratio, self.max_length_ratio, "pair")
+        return self
+
+
+def _ratio_bounds_ordered(low: float | None, high: float | None, what: str) -> None:
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"min_length_ratio {low} is above max_length_ratio {high}: no {what} "
+                         "could pass both")
 
 
 class GateConfig(BaseModel):
@@ -138,6 +149,11 @@ class GateConfig(BaseModel):
     judge_version: Literal["base", "incumbent"] = Field(
         default="base", description="which policy judges when the judge shares the backend"
     )
+
+    @model_validator(mode="after")
+    def _ratios_ordered(self) -> GateConfig:
+        _ratio_bounds_ordered(self.min_length_ratio, self.max_length_ratio, "candidate")
+        return self
 
 
 class BackendConfig(Strict):
@@ -400,6 +416,17 @@ class RunConfig(Strict):
     gate: GateConfig = GateConfig()
     control: ControlConfig = ControlConfig()
     serve: ServeConfig = ServeConfig()
+
+    @field_validator("harvest")
+    @classmethod
+    def _best_of_n_has_samples(cls, value: HarvestConfig, info: ValidationInfo
+                               ) -> HarvestConfig:
+        critique = info.data.get("critique")
+        if "best_of_n" in value.strategies and critique is not None and not (
+                critique.num_samples):
+            raise ValueError("the best_of_n strategy pairs extra samples, and "
+                             "critique.num_samples is 0: set it to 2 or more")
+        return value
 
     def train_config(self, method: str) -> TrainConfig:
         """The training settings of ``method`` ('dpo' or 'sft')."""

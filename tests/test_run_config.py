@@ -63,6 +63,15 @@ CASES = {
     "not_a_mapping": ("- 1\n- 2\n", 1, None, "expected a mapping"),
     "yaml_syntax": ("cycles: [1, 2\n", 2, None, "invalid YAML"),
     "duplicate_key": ("cycles: 1\ncycles: 2\n", 2, None, "duplicate key"),
+    # settings under which no pair could be kept or no candidate promoted
+    "no_strategies": ("harvest:\n  strategies: []\n", 2, "harvest.strategies", "at least 1"),
+    "best_of_n_without_samples": ("harvest:\n  strategies: [best_of_n]\n", 1, "harvest",
+                                  "critique.num_samples is 0"),
+    "gate_length_bounds_crossed": ("gate:\n  min_length_ratio: 2.0\n", 1, "gate",
+                                   "min_length_ratio 2.0 is above max_length_ratio 1.25"),
+    "harvest_length_bounds_crossed": (
+        "harvest:\n  min_length_ratio: 2.0\n  max_length_ratio: 1.5\n", 1, "harvest",
+        "no pair could pass both"),
 }
 
 
