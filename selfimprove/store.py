@@ -330,6 +330,7 @@ class PreferenceStore:
         seen, hashes = self._hash_cache.get(kind, (set(), set()))
         for path in self._shard_paths(kind):
             if path.name not in seen:
+                _check_shard_columns(path, kind)
                 table = pq.read_table(path, columns=["content_hash"])
                 hashes.update(table.column("content_hash").to_pylist())
                 seen.add(path.name)
@@ -339,7 +340,7 @@ class PreferenceStore:
     def _table_of(self, kind: Kind, rows: list[dict[str, Any]]) -> pa.Table:
         import pyarrow as pa
 
-        schema = pair_schema() if kind == "pairs" else sft_schema()
+        schema = schema_of(kind)
         try:
             return pa.Table.from_pylist(rows, schema=schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -485,19 +486,30 @@ class PreferenceStore:
         return [self._kind_dir(kind) / name for name in order]
 
     def _table(self, kind: Kind, columns: list[str] | None = None) -> pa.Table:
+        """The rows of every shard of ``kind``; a row whose content hash an earlier shard holds
+        is read once (a shard copied under another name must not count twice)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = pair_schema() if kind == "pairs" else sft_schema()
-        if columns is not None:
-            schema = pa.schema([schema.field(c) for c in columns])
+        full = schema_of(kind)
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "content_hash"]))
+        schema = full if wanted is None else pa.schema([full.field(c) for c in wanted])
+        seen: set[str] = set()
         tables = []
         for path in self.shard_files(kind):
+            _check_shard_columns(path, kind)
             try:
-                tables.append(pq.read_table(path, columns=columns, schema=schema))
+                table = pq.read_table(path, columns=wanted, schema=schema)
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{path}: unreadable shard ({exc})") from None
+            keep = []
+            for content_hash in table.column("content_hash").to_pylist():
+                keep.append(content_hash not in seen)
+                seen.add(content_hash)
+            tables.append(table if all(keep) else table.filter(pa.array(keep)))
         table = pa.concat_tables(tables) if tables else schema.empty_table()
+        if columns is not None and "content_hash" not in columns:
+            table = table.drop_columns(["content_hash"])
         return table.replace_schema_metadata(None)
 
     def _dataset(self, kind: Kind) -> datasets.Dataset:
@@ -590,6 +602,28 @@ class PreferenceStore:
                 f"pushing {self.dir} to the Hugging Face hub dataset '{repo_id}' failed: "
                 f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
+
+
+def schema_of(kind: Kind) -> pa.Schema:
+    return pair_schema() if kind == "pairs" else sft_schema()
+
+
+def _check_shard_columns(path: Path, kind: Kind) -> None:
+    """A shard of ``kind`` has its kind's columns; the rows of another file would be read as
+    nulls where a column is missing."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(path).names)
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: unreadable shard ({exc})") from None
+    missing = [name for name in schema_of(kind).names if name not in names]
+    if missing:
+        other: Kind = "sft" if kind == "pairs" else "pairs"
+        hint = (f"; it holds {other} rows: move it to {path.parent.parent / other}"
+                if set(schema_of(other).names) <= names else "")
+        raise StoreError(f"{path}: not a {kind} shard, missing columns {', '.join(missing)}"
+                         + hint)
 
 
 _EXPORT_FILES = ("pairs.parquet", "sft.parquet", "README.md")

@@ -325,6 +325,30 @@ def test_export_replaces_only_an_earlier_export(tmp_path):
     assert a_file.read_text() == "keep"
 
 
+def test_a_stray_or_copied_shard_is_named_or_read_once(tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    store = store_at(tmp_path)
+    store.append(*W.shard_rows(0), "s0")
+    store.append(*W.shard_rows(1), "s1")
+    pairs_dir, sft_dir = tmp_path / "store" / "pairs", tmp_path / "store" / "sft"
+    (first,) = sorted(pairs_dir.glob("s0*.parquet"))
+    shutil.copy(first, pairs_dir / "zz-copy.parquet")  # the same rows under another name
+    assert store.pairs_dataset().num_rows == 8 and store.stats()["pairs"] == 8
+    (sft_shard,) = sorted(sft_dir.glob("s0*.parquet"))
+    shutil.copy(sft_shard, pairs_dir / "zz-sft.parquet")
+    with pytest.raises(StoreError, match=r"zz-sft.parquet: not a pairs shard, missing columns "
+                       r"prompt, chosen, rejected.*it holds sft rows: move it to"):
+        store.stats()
+    (pairs_dir / "zz-sft.parquet").unlink()
+    pq.write_table(pa.table({"x": [1, 2]}), pairs_dir / "zz-other.parquet")
+    for read in (store.stats, store.pairs_dataset, lambda: store.export(tmp_path / "out")):
+        with pytest.raises(StoreError, match="zz-other.parquet: not a pairs shard"):
+            read()
+
+
 def test_push_to_hub_failure_is_a_clear_store_error(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
