@@ -360,7 +360,8 @@ def _check_examples(path: Path, node: Any, constitution: Constitution) -> None:
 
     for i, example in enumerate(constitution.examples):
         results = run_checks([*constitution.checks, *example.checks], example.response)
-        failed = [r.check_id for r in results if r.hard and not r.passed]
+        failed = [f"{r.check_id} ({r.detail})" if r.detail else r.check_id
+                  for r in results if r.hard and not r.passed]
         if failed:
             raise ConfigError(
                 path,

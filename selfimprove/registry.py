@@ -246,9 +246,13 @@ class PolicyRegistry:
         if status not in ("base", "promoted"):
             raise PolicyError(
                 f"{self.dir / 'current.json'} names {version}, whose status is {status}: only "
-                "a promoted version can be current; promote a version to repair it"
+                f"a promoted version can be current; {self._repair_hint()}"
             )
         return version
+
+    def _repair_hint(self, which: str = "the version that should be current") -> str:
+        return (f"repair it by promoting {which}: `selfimprove policies {self.dir.parent} "
+                "--promote VERSION`")
 
     def _pointer(self) -> str:
         path = self.dir / "current.json"
@@ -257,8 +261,8 @@ class PolicyRegistry:
             if promoted:
                 raise PolicyError(
                     f"{path} is missing, but {', '.join(promoted)} "
-                    f"{'was' if len(promoted) == 1 else 'were'} promoted; promote the version "
-                    "that should be current to repair it"
+                    f"{'was' if len(promoted) == 1 else 'were'} promoted; "
+                    f"{self._repair_hint('the one that should be current')}"
                 )
             return "v0"
         try:
@@ -266,7 +270,7 @@ class PolicyRegistry:
             _number(version)
         except (OSError, ValueError, KeyError, TypeError, PolicyError) as exc:
             raise PolicyError(
-                f"{path} is corrupt ({exc}); promote a version to repair it"
+                f"{path} is corrupt ({exc}); {self._repair_hint()}"
             ) from None
         return version
 

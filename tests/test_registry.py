@@ -364,3 +364,28 @@ def test_policies_cli_lists_versions_and_current(tmp_path: Path, capsys, monkeyp
 
     with pytest.raises(PolicyError, match="no policies"):
         args.func(parser.parse_args(["policies", str(tmp_path / "nowhere")]))
+
+
+def test_policies_cli_promote_repairs_a_lost_pointer_and_rolls_back(tmp_path: Path,
+                                                                    capsys) -> None:
+    from selfimprove.cli import main
+
+    registry = PolicyRegistry(tmp_path)
+    v1 = commit(registry, parent="v0")
+    registry.promote(v1)
+    v2 = commit(registry, parent="v1")
+    registry.mark_rejected(v2, "worse")
+    (tmp_path / "policies" / "current.json").write_text("{not json")
+    assert main(["policies", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert f"repair it by promoting the version that should be current: `selfimprove policies " \
+        f"{tmp_path} --promote VERSION`" in out
+    assert main(["policies", str(tmp_path), "--promote", "v1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "current: v1" in captured.err and json.loads(captured.out)["current"] == "v1"
+    assert PolicyRegistry(tmp_path).current_version() == "v1"
+    assert main(["policies", str(tmp_path), "--promote", "v0"]) == 0  # a rollback
+    assert PolicyRegistry(tmp_path).current_version() == "v0"
+    assert main(["policies", str(tmp_path), "--promote", v2]) == 2
+    assert "was rejected (worse); it cannot become current" in capsys.readouterr().err
+    assert PolicyRegistry(tmp_path).current_version() == "v0"

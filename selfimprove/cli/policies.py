@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("policies", help="list a run's policy versions and which is current")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.add_argument(
+        "--promote", metavar="VERSION", default=None,
+        help="make VERSION the current one (a rollback, or a repair of a lost current.json); "
+        "a rejected version cannot be",
+    )
     p.set_defaults(func=run_policies)
 
 
@@ -32,6 +38,10 @@ def run_policies(args: argparse.Namespace) -> int:
     if not (args.run_dir / POLICIES).is_dir():
         raise PolicyError(f"no policies in {args.run_dir} (no {POLICIES}/ directory)")
     registry = PolicyRegistry(args.run_dir)
+    if args.promote is not None:
+        registry.promote(args.promote)
+        # with --json, stdout is the JSON alone
+        print(f"current: {args.promote}", file=sys.stderr if args.json else sys.stdout)
     records = registry.versions()
     try:
         current = registry.current_version()
