@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from selfimprove.checks import Check
 from selfimprove.errors import ConfigError
@@ -58,7 +65,13 @@ PrincipleId = Annotated[
         ),
     ),
 ]
-Text = Annotated[str, Field(min_length=1)]
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Text = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
 
 
 class Principle(BaseModel):
@@ -69,7 +82,8 @@ class Principle(BaseModel):
     critique: Text = Field(description="the critique request shown to the critic")
     revision: Text = Field(description="the revision request shown to the reviser")
     weight: float = Field(
-        default=1.0, gt=0, strict=True, description="relative chance of being sampled"
+        default=1.0, gt=0, allow_inf_nan=False, strict=True,
+        description="relative chance of being sampled",
     )
 
 
@@ -312,7 +326,7 @@ def load_constitution(name_or_path: str | Path) -> Constitution:
         if path.is_dir():
             raise ConfigError(path, "is a directory, not a constitution file (.yaml)")
         if not path.is_file():
-            raise ConfigError(path, "file not found")
+            raise ConfigError(path, "not a regular file" if path.exists() else "file not found")
     else:
         found = _find_by_name(str(name_or_path))
         if found is None:
@@ -403,11 +417,14 @@ def _resolve_parent(path: Path, node: Any, ref: str, chain: tuple[Path, ...]) ->
     else:
         parent_path = _find_by_name(ref, first=path.parent)
     if parent_path is None:
+        shipped = Path(ref).stem if _looks_like_path(ref) else None
+        hint = (f"; a shipped or ${ENV_VAR} constitution is named without a path: "
+                f"extends: {shipped}" if shipped and _find_by_name(shipped) else "")
         raise ConfigError(
             path,
             f"parent constitution '{ref}' not found (looked next to this file"
             + ("" if _looks_like_path(ref) else f" and in the {ENV_VAR}/shipped directories")
-            + ")",
+            + ")" + hint,
             line=line,
             field="extends",
         )

@@ -242,8 +242,13 @@ class RunDir:
             if match:
                 numbered.append((int(match.group(1)), p))
         out = []
-        for _, path in sorted(numbered):
-            out.append(self._validate(CycleRecord, self._read(path), path))
+        for number, path in sorted(numbered):
+            record = self._validate(CycleRecord, self._read(path), path)
+            if record.cycle != number:
+                # a copied or renamed record would be reported as another cycle
+                raise RunDirError(f"{path}: the record is of cycle {record.cycle}, not "
+                                  f"{number} as its name says")
+            out.append(record)
         return out
 
     # -- reading -----------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def _resolve(path: str, config_path: Path | None, field: str) -> str:
 
 def load_run_config(run: RunDir) -> RunConfig:
     if not run.holds_run():
-        raise SelfImproveError(f"{run.path} holds no run to resume (no {RunDir.CONFIG})")
+        raise SelfImproveError(f"{run.path} holds no run (no {RunDir.CONFIG}; `selfimprove run "
+                               "--config ... --run-dir` starts one)")
     return load_config(run.config_path, RunConfig)
 
 

@@ -395,6 +395,8 @@ MALFORMED_CASES: dict[str, tuple[str | None, int, str | None, str]] = {
     "version_float.yaml": (None, 3, "version", "must be an integer or a string, got float"),
     "missing_judge.yaml": (None, 2, "judge", "missing: a judge rubric is required"),
     "empty_pairwise.yaml": (None, 7, "judge.pairwise", "at least 1 character"),
+    "blank_critique.yaml": (None, 5, "principles[0].critique", "must not be blank"),
+    "weight_infinite.yaml": (None, 5, "principles[0].weight", "finite number"),
     "pointwise_points_zero.yaml": (None, 11, "judge.pointwise[1].points", "greater than 0"),
     "example_breaks_a_check.yaml": (
         None, 12, "examples[1].response", "the example's response fails its hard checks: short"
@@ -682,3 +684,20 @@ def test_cli_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli(["constitution", "show", "no-such-thing"]) == 1
     _, err = capsys.readouterr()
     assert "no constitution named 'no-such-thing'" in err
+
+
+def test_a_shipped_parent_named_as_a_file_gets_its_name_as_a_hint(tmp_path: Path) -> None:
+    path = write(tmp_path / "mine.yaml", "name: mine\nversion: 1\nextends: concise.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_constitution(path)
+    assert err.value.field == "extends"
+    assert err.value.detail.endswith("named without a path: extends: concise")
+
+
+def test_a_path_that_is_not_a_regular_file_says_so(tmp_path: Path) -> None:
+    if not Path("/dev/null").exists():
+        pytest.skip("no /dev/null here")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_constitution("/dev/null")
+    with pytest.raises(ConfigError, match="file not found"):
+        load_constitution(tmp_path / "absent.yaml")

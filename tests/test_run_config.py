@@ -176,3 +176,9 @@ def test_cli_run_refuses_a_device_before_the_run_directory_exists(tmp_path, caps
     assert f"{config}: field 'critique.roles.policy.backend.device'" in err
     assert ("not a torch device" if device == "tpu9" else "has no cuda device") in err
     assert not run_dir.exists()  # the same command, fixed, can start this run
+
+
+def test_eval_of_a_directory_without_a_run_says_so(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} holds no run (no config.yaml;" in err and "resume" not in err

@@ -192,6 +192,14 @@ def test_load_cycles_orders_by_number_not_by_name(tmp_path):
     assert [r.cycle for r in RunDir(tmp_path).load_cycles()] == [1, 2, 10]
 
 
+def test_a_record_under_another_cycle_s_name_is_refused(tmp_path):
+    run = RunDir(tmp_path)
+    run.save_cycle(record(1))
+    (tmp_path / "cycles" / "cycle-0003.json").write_bytes(run.cycle_path(1).read_bytes())
+    with pytest.raises(RunDirError, match="cycle-0003.json: the record is of cycle 1, not 3"):
+        run.load_cycles()
+
+
 def test_missing_run_dir(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         RunDir(tmp_path / "missing").load_cycles()

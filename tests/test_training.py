@@ -87,6 +87,14 @@ def test_yaml_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
         load_train_config(path, "dpo")
     cfg = load_train_config(path, "sft", {"max_steps": 7, "learning_rate": None})
     assert (cfg.method, cfg.max_steps, cfg.learning_rate) == ("sft", 7, None)
+    # a bad value from a flag names the flag, not the file
+    with pytest.raises(ConfigError) as info:
+        load_train_config(path, "sft", {"learning_rate": -1.0})
+    assert (info.value.path, info.value.field) == ("--learning-rate", None)
+    assert "greater than 0" in info.value.detail
+    with pytest.raises(ConfigError) as info:
+        load_train_config(None, "dpo", {"max_steps": 0})
+    assert info.value.path == "--max-steps"
 
 
 # -- data preparation ------------------------------------------------------------------

@@ -151,5 +151,12 @@ def load_train_config(
                 path, f"this config is for '{data['method']}', not '{method}'", field="method"
             )
     data["method"] = method
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return load_model(where, TrainConfig, data=data, node=node)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(given)
+    try:
+        return load_model(where, TrainConfig, data=data, node=node)
+    except ConfigError as exc:
+        if exc.field not in given:
+            raise
+        # the value came from a flag, not from the file: name the flag
+        raise ConfigError(f"--{exc.field.replace('_', '-')}", exc.detail) from None
