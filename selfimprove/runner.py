@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from selfimprove.rundir import RunDir, RunDirError
 from selfimprove.sources import PromptRecord
 from selfimprove.store import is_heldout, seed_salt
 from selfimprove.transfer import evaluate_transfer, load_transfer_sets
+
+log = logging.getLogger(__name__)
 
 __all__ = ["arun", "build_context", "create_run", "load_run_config", "prepare", "run", "run_cycles"]
 
@@ -132,6 +135,13 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
                               f"constitution '{constitution.name}' has none (use best_of_checks "
                               "or auto)", field="control.kind")
     _check_devices(cfg, where)
+    for asked, have, key, what in (
+        (cfg.batch_size, len(train), "batch_size", "training prompts"),
+        (cfg.gate.num_prompts, len(heldout), "gate.num_prompts", "held-out prompts"),
+    ):
+        if asked > have:
+            log.warning("%s: %s is %d, but there are only %d %s: each cycle uses %d",
+                        where, key, asked, have, what, have)
     backend = cfg.critique.roles.policy.backend
     if backend is not None and backend.kind != "openai":
         # A missing local model or package fails here, not after the run directory exists.
@@ -149,7 +159,8 @@ def _summary(prepared: Prepared) -> dict[str, Any]:
         "constitution": cfg.critique.constitution,
         "model": backend.model if backend else None,
         "cycles": cfg.cycles,
-        "prompts per cycle": cfg.batch_size,
+        "prompts per cycle": min(cfg.batch_size, len(prepared.train_prompts)),
+        "gate prompts": min(cfg.gate.num_prompts, len(prepared.heldout_prompts)),
         "training": "+".join(cfg.schedule.methods),
         "control arm": control_kind(cfg.control, prepared.constitution)
         if cfg.control.enabled else "off",

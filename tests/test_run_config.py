@@ -182,3 +182,20 @@ def test_eval_of_a_directory_without_a_run_says_so(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path} holds no run (no config.yaml;" in err and "resume" not in err
+
+
+def test_a_batch_or_gate_larger_than_its_split_is_said_and_recorded(tmp_path, caplog):
+    from selfimprove.runner import _summary, prepare
+    from tests.scripted_cycle import load_cfg, write_inputs
+
+    path = write_inputs(tmp_path)
+    cfg = load_cfg(path)
+    cfg = cfg.model_copy(update={"batch_size": 500,
+                                 "gate": cfg.gate.model_copy(update={"num_prompts": 200})})
+    with caplog.at_level("WARNING", logger="selfimprove.runner"):
+        prepared = prepare(cfg, path)
+    train, heldout = len(prepared.train_prompts), len(prepared.heldout_prompts)
+    assert f"batch_size is 500, but there are only {train} training prompts" in caplog.text
+    assert f"gate.num_prompts is 200, but there are only {heldout} held-out" in caplog.text
+    summary = _summary(prepared)
+    assert (summary["prompts per cycle"], summary["gate prompts"]) == (train, heldout)
