@@ -74,6 +74,37 @@ def test_bf16_asked_for_on_a_cpu_builds_a_trl_config(tmp_path: Path) -> None:
     assert args.bf16 is True and args.use_cpu is True
 
 
+@pytest.mark.parametrize(("rows", "steps"), [(4, 3), (32, 24), (100, 24), (1, 1), (0, 1)])
+def test_max_epochs_caps_max_steps_by_the_rows(rows: int, steps: int) -> None:
+    cfg = TrainConfig(max_steps=24, max_epochs=3, per_device_train_batch_size=4,
+                      gradient_accumulation_steps=1)
+    assert cfg.for_rows(rows).max_steps == steps
+    assert TrainConfig(max_steps=24).for_rows(4).max_steps == 24  # no cap unless asked
+    assert TrainConfig(max_epochs=3).for_rows(4).max_steps is None  # epochs decide already
+
+
+def test_train_policy_trains_and_records_the_capped_steps(tmp_path: Path) -> None:
+    import datasets
+
+    from selfimprove.registry import PolicyRegistry
+    from selfimprove.training.policy import train_policy
+    from tests.scripted_cycle import fake_trainer
+
+    seen: list[TrainConfig] = []
+
+    def trainer(method, base_model, parent, dataset, cfg, output_dir, progress=False):
+        seen.append(cfg)
+        return fake_trainer(method, base_model, parent, dataset, cfg, output_dir, progress)
+
+    registry = PolicyRegistry(tmp_path, base_model="some/model")
+    rows = datasets.Dataset.from_list(pair_rows()[:2])
+    cfg = TrainConfig(max_steps=24, max_epochs=3, per_device_train_batch_size=4,
+                      gradient_accumulation_steps=1)
+    ref, _ = train_policy(registry, rows, cfg, progress=False, trainer=trainer)
+    assert seen[0].max_steps == 2  # 3 passes over 2 rows, 4 a step
+    assert registry.record(ref.version).train_config["max_steps"] == 2
+
+
 def test_yaml_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("max_steps: 3\ntrl_args:\n  warmup_steps: 1\n  bogus_knob: 2\n")

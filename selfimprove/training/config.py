@@ -7,6 +7,7 @@ checked when the config is loaded, so a typo fails before a model is loaded, not
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,11 @@ class TrainConfig(BaseModel):
         default=None, ge=1, description="stop after this many optimizer steps (None: epochs)"
     )
     num_train_epochs: float = Field(default=2.0, gt=0)
+    max_epochs: float | None = Field(
+        default=None, gt=0,
+        description="with max_steps: at most this many passes over the rows, so a handful of "
+        "rows is not trained on for max_steps steps (per process; None: no cap)",
+    )
     per_device_train_batch_size: int = Field(default=4, ge=1)
     gradient_accumulation_steps: int = Field(default=2, ge=1)
     beta: float = Field(default=0.1, gt=0, description="DPO temperature (ignored by SFT)")
@@ -93,6 +99,14 @@ class TrainConfig(BaseModel):
         if self.learning_rate is not None:
             return self.learning_rate
         return 2e-4 if self.lora is not None else 1e-5
+
+    def for_rows(self, rows: int) -> TrainConfig:
+        """This config with ``max_steps`` capped at ``max_epochs`` passes over ``rows``."""
+        if self.max_epochs is None or self.max_steps is None:
+            return self
+        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        cap = max(1, math.ceil(self.max_epochs * rows / per_step))
+        return self if cap >= self.max_steps else self.model_copy(update={"max_steps": cap})
 
     def trl_kwargs(self) -> dict[str, Any]:
         """Arguments for ``DPOConfig``/``SFTConfig`` (without output and logging paths)."""

@@ -80,6 +80,7 @@ def train_policy(
     tests.
     """
     parent_ref = registry.parent_for_training(parent)
+    cfg = cfg.for_rows(len(dataset))  # the version's record keeps the steps it trained
     staging = registry.staging_dir()
     result = _train_staged(registry, staging, parent_ref, dataset, cfg, progress, trainer)
     ref = commit(registry, staging, parent_ref, cfg, data, result, promote=promote, cycle=cycle)
@@ -230,6 +231,7 @@ def run_training(args: argparse.Namespace) -> int:
     )
     dataset, used = load_store_data(args.run_dir, args.method,
                                     getattr(args, "exclude_strategy", None) or ())
+    cfg = cfg.for_rows(len(dataset))
     # Initialised here (the trainer reuses it): the staging path must be shared before training.
     # ``accelerate launch --cpu`` (or ACCELERATE_USE_CPU=1 under torchrun) selects gloo on CPUs.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
