@@ -135,6 +135,7 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
                               f"constitution '{constitution.name}' has none (use best_of_checks "
                               "or auto)", field="control.kind")
     _check_devices(cfg, where)
+    _check_lora_targets(cfg, where)
     for asked, have, key, what in (
         (cfg.batch_size, len(train), "batch_size", "training prompts"),
         (cfg.gate.num_prompts, len(heldout), "gate.num_prompts", "held-out prompts"),
@@ -258,6 +259,41 @@ def _check_devices(cfg: RunConfig, where: Path | str) -> None:
         if device.type != "cpu" and available is not None and not available():
             raise ConfigError(where, f"device '{backend.device}': this machine has no "
                               f"{device.type} device (torch {torch.__version__})", field=field)
+
+
+def _check_lora_targets(cfg: RunConfig, where: Path | str) -> None:
+    """LoRA target modules the policy model does not have fail here, not at the first training
+    step after a cycle of sampling. Only names other than the defaults are looked up: that
+    builds the model's skeleton (no weights) from its config."""
+    from selfimprove.training.config import LoraSettings
+
+    default = LoraSettings().target_modules
+    asked = {
+        method: lora.target_modules for method in cfg.schedule.methods
+        if (lora := cfg.train_config(method).lora) is not None
+        and isinstance(lora.target_modules, list) and lora.target_modules != default
+    }
+    backend = cfg.critique.roles.policy.backend
+    if not asked or backend is None or backend.kind == "openai":
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from selfimprove.models import resolve_model
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(resolve_model(backend.model)))
+    names = {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()}
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in skeleton.named_modules()
+                     if isinstance(module, torch.nn.Linear)})
+    for method, targets in asked.items():
+        missing = [t for t in targets if t not in names]
+        if missing:
+            raise ConfigError(
+                where, f"{backend.model} has no module named {', '.join(missing)} (its linear "
+                f"layers: {', '.join(linear)})", field=f"{method}.lora.target_modules",
+            )
 
 
 def create_run(cfg: RunConfig, run_dir: Path | str, config_path: Path | None = None

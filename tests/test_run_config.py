@@ -199,3 +199,18 @@ def test_a_batch_or_gate_larger_than_its_split_is_said_and_recorded(tmp_path, ca
     assert f"gate.num_prompts is 200, but there are only {heldout} held-out" in caplog.text
     summary = _summary(prepared)
     assert (summary["prompts per cycle"], summary["gate prompts"]) == (train, heldout)
+
+
+def test_lora_target_modules_the_model_lacks_fail_before_any_work(tmp_path, capsys):
+    from selfimprove.runner import prepare
+
+    config = tmp_path / "c.yaml"
+    config.write_text("dpo:\n  lora:\n    target_modules: [nonexistent_proj, q_proj]\n")
+    run_dir = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: field 'dpo.lora.target_modules': smollm2-135m-instruct has no module " \
+        "named nonexistent_proj (its linear layers: down_proj, gate_proj" in err
+    assert not run_dir.exists()
+    config.write_text("dpo:\n  lora:\n    target_modules: [q_proj, up_proj]\n")
+    assert prepare(load_config(config, RunConfig), config).train_prompts  # names it has
