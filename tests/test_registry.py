@@ -389,3 +389,19 @@ def test_policies_cli_promote_repairs_a_lost_pointer_and_rolls_back(tmp_path: Pa
     assert main(["policies", str(tmp_path), "--promote", v2]) == 2
     assert "was rejected (worse); it cannot become current" in capsys.readouterr().err
     assert PolicyRegistry(tmp_path).current_version() == "v0"
+
+
+def test_policies_cli_names_a_corrupt_record_once(tmp_path: Path, capsys, monkeypatch) -> None:
+    from selfimprove.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    registry = PolicyRegistry(tmp_path)
+    v1 = commit(registry, parent="v0")
+    registry.promote(v1)
+    record = tmp_path / "policies" / v1 / "policy.json"
+    record.write_text(record.read_text()[:40])
+    assert main(["policies", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line[2:4] == "v1"]
+    assert row.split("│")[3].strip() == "?" and "corrupt" in row
+    assert out.count("policy.json is not JSON") == 1

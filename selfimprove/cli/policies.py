@@ -55,8 +55,8 @@ def run_policies(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         _print_table(records, current)
-    if problem:
-        print(f"warning: {problem}")
+    if problem and not any(r.reason and r.reason in problem for r in records):
+        print(f"warning: {problem}")  # a corrupt record's reason is under the table already
     return 0
 
 
@@ -89,7 +89,8 @@ def _print_table(records: list, current: str | None) -> None:
         evals = " ".join(
             f"{label} {_fmt(last_eval[key])}" for key, label in short.items() if key in last_eval
         )
-        table.add_row(r.version, r.parent or "-", r.method, status, rows, *metrics, evals or "-")
+        method = "?" if r.status == "corrupt" else r.method  # unread, not the base's
+        table.add_row(r.version, r.parent or "-", method, status, rows, *metrics, evals or "-")
     console = Console()
     console.print(table)
     for line in reasons:
