@@ -152,14 +152,20 @@ def test_cli_run_refuses_a_prompt_check_that_reuses_a_constitution_check_id(tmp_
     assert not run_dir.exists()
 
 
-def test_cli_run_names_the_config_field_of_a_missing_constitution(tmp_path, capsys):
+def refused_run(tmp_path, capsys, text: str) -> tuple[Path, str]:
+    """``selfimprove run`` on a config of ``text``: refused (exit 2) before the run directory
+    exists, so the same command, fixed, can start the run. Returns the config and stderr."""
     config = tmp_path / "c.yaml"
-    config.write_text("critique:\n  constitution: nosuch\n")
+    config.write_text(text)
     run_dir = tmp_path / "run"
     assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 2
-    err = capsys.readouterr().err
-    assert f"{config}: field 'critique.constitution': no constitution named 'nosuch'" in err
     assert not run_dir.exists()
+    return config, capsys.readouterr().err
+
+
+def test_cli_run_names_the_config_field_of_a_missing_constitution(tmp_path, capsys):
+    config, err = refused_run(tmp_path, capsys, "critique:\n  constitution: nosuch\n")
+    assert f"{config}: field 'critique.constitution': no constitution named 'nosuch'" in err
 
 
 @pytest.mark.parametrize("device", ["tpu9", "cuda"])
@@ -168,14 +174,11 @@ def test_cli_run_refuses_a_device_before_the_run_directory_exists(tmp_path, caps
 
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    config = tmp_path / "c.yaml"
-    config.write_text(f"critique:\n  roles:\n    policy:\n      backend: {{device: {device}}}\n")
-    run_dir = tmp_path / "run"
-    assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 2
-    err = capsys.readouterr().err
+    config, err = refused_run(
+        tmp_path, capsys,
+        f"critique:\n  roles:\n    policy:\n      backend: {{device: {device}}}\n")
     assert f"{config}: field 'critique.roles.policy.backend.device'" in err
     assert ("not a torch device" if device == "tpu9" else "has no cuda device") in err
-    assert not run_dir.exists()  # the same command, fixed, can start this run
 
 
 def test_eval_of_a_directory_without_a_run_says_so(tmp_path, capsys):
@@ -204,13 +207,9 @@ def test_a_batch_or_gate_larger_than_its_split_is_said_and_recorded(tmp_path, ca
 def test_lora_target_modules_the_model_lacks_fail_before_any_work(tmp_path, capsys):
     from selfimprove.runner import prepare
 
-    config = tmp_path / "c.yaml"
-    config.write_text("dpo:\n  lora:\n    target_modules: [nonexistent_proj, q_proj]\n")
-    run_dir = tmp_path / "run"
-    assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 2
-    err = capsys.readouterr().err
+    config, err = refused_run(
+        tmp_path, capsys, "dpo:\n  lora:\n    target_modules: [nonexistent_proj, q_proj]\n")
     assert f"{config}: field 'dpo.lora.target_modules': smollm2-135m-instruct has no module " \
         "named nonexistent_proj (its linear layers: down_proj, gate_proj" in err
-    assert not run_dir.exists()
     config.write_text("dpo:\n  lora:\n    target_modules: [q_proj, up_proj]\n")
     assert prepare(load_config(config, RunConfig), config).train_prompts  # names it has
