@@ -113,7 +113,9 @@ def prepare(cfg: RunConfig, where: Path | str = "<config>") -> Prepared:
         if exc.path != str(cfg.critique.constitution):
             raise  # an error inside the constitution's file names that file
         # no such constitution: the config's field is what to fix
-        raise ConfigError(where, exc.detail, field="critique.constitution") from None
+        named = str(cfg.critique.constitution)
+        detail = exc.detail if named in exc.detail else f"{named}: {exc.detail}"
+        raise ConfigError(where, detail, field="critique.constitution") from None
     prompts = load_run_prompts(cfg, constitution)
     salt = seed_salt(cfg.seed)
     # held-out prompts are split by prompt text, whatever checks they carry
