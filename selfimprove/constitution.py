@@ -65,6 +65,8 @@ PrincipleId = Annotated[
         ),
     ),
 ]
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be blank")

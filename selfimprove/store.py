@@ -340,7 +340,7 @@ class PreferenceStore:
     def _table_of(self, kind: Kind, rows: list[dict[str, Any]]) -> pa.Table:
         import pyarrow as pa
 
-        schema = schema_of(kind)
+        schema = _schema_of(kind)
         try:
             return pa.Table.from_pylist(rows, schema=schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -491,7 +491,7 @@ class PreferenceStore:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        full = schema_of(kind)
+        full = _schema_of(kind)
         wanted = None if columns is None else list(dict.fromkeys([*columns, "content_hash"]))
         schema = full if wanted is None else pa.schema([full.field(c) for c in wanted])
         seen: set[str] = set()
@@ -604,7 +604,7 @@ class PreferenceStore:
             ) from exc
 
 
-def schema_of(kind: Kind) -> pa.Schema:
+def _schema_of(kind: Kind) -> pa.Schema:
     return pair_schema() if kind == "pairs" else sft_schema()
 
 
@@ -617,11 +617,11 @@ def _check_shard_columns(path: Path, kind: Kind) -> None:
         names = set(pq.read_schema(path).names)
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path}: unreadable shard ({exc})") from None
-    missing = [name for name in schema_of(kind).names if name not in names]
+    missing = [name for name in _schema_of(kind).names if name not in names]
     if missing:
         other: Kind = "sft" if kind == "pairs" else "pairs"
         hint = (f"; it holds {other} rows: move it to {path.parent.parent / other}"
-                if set(schema_of(other).names) <= names else "")
+                if set(_schema_of(other).names) <= names else "")
         raise StoreError(f"{path}: not a {kind} shard, missing columns {', '.join(missing)}"
                          + hint)
 
