@@ -365,9 +365,21 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> Constitution:
         constitution = Constitution(**fields, source=path)
     except ValueError as exc:  # cannot happen for ids checked above; kept as a typed error
         raise ConfigError(path, str(exc)) from None
+    _check_word_bounds(path, node, constitution)
     if raw.examples is not None:  # inherited examples were checked in their own file
         _check_examples(path, node, constitution)
     return constitution
+
+
+def _check_word_bounds(path: Path, node: Any, constitution: Constitution) -> None:
+    """Hard word limits that no response can meet together would fail every answer."""
+    hard = [c for c in constitution.checks if c.hard]
+    most = min((c.value for c in hard if c.kind == "max_words"), default=None)
+    least = max((c.value for c in hard if c.kind == "min_words"), default=None)
+    if most is not None and least is not None and least > most:
+        raise ConfigError(path, f"the hard checks ask for at least {least} words and at most "
+                          f"{most}: no response can pass both", line=line_of(node, ("checks",)),
+                          field="checks")
 
 
 def _check_examples(path: Path, node: Any, constitution: Constitution) -> None:

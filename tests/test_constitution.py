@@ -397,6 +397,9 @@ MALFORMED_CASES: dict[str, tuple[str | None, int, str | None, str]] = {
     "empty_pairwise.yaml": (None, 7, "judge.pairwise", "at least 1 character"),
     "blank_critique.yaml": (None, 5, "principles[0].critique", "must not be blank"),
     "weight_infinite.yaml": (None, 5, "principles[0].weight", "finite number"),
+    "word_bounds_crossed.yaml": (
+        None, 6, "checks", "at least 100 words and at most 20: no response can pass both"
+    ),
     "pointwise_points_zero.yaml": (None, 11, "judge.pointwise[1].points", "greater than 0"),
     "example_breaks_a_check.yaml": (
         None, 12, "examples[1].response", "the example's response fails its hard checks: short"
