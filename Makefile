@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # multi-GB CUDA build. On GPU machines set TORCH_SPEC to the build you want.
 TORCH_SPEC ?= torch==2.13.0
 # The main job: the one whose improvement over v0 is larger and not explained by truncation,
-# measured in the README (`instructions`, ~1 hour here); the `concise` job (~15 min) runs with
+# measured in the README (`instructions`, one to two hours here); the `concise` job (~15 min) runs with
 #   make demo DEMO_CONFIG=examples/configs/concise-cpu.yaml RUN_DIR=runs/concise
 RUN_DIR ?= runs/instructions
 DEMO_CONFIG ?= examples/configs/instructions-cpu.yaml
@@ -45,7 +45,7 @@ demo: setup
 # threads (many tests wait on servers and subprocesses), before the real vLLM tests (about 4 min
 # more; 20.5 min in a fresh clone while other vLLM tests ran beside it). On a CPU with AVX-512
 # BF16, where `dtype: auto` is bfloat16, the whole suite ran in 6.5 min; on a slower AVX2 machine
-# 21.5 min (902 tests, 25 min with set-up in a fresh clone). PYTEST_WORKERS=0: one process.
+# 18.7 min (978 tests, 21.9 min with set-up in a fresh clone). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 TEST_THREADS ?= 1
 # SELFIMPROVE_REQUIRE_VLLM: the vLLM tests fail rather than skip if vLLM did not install.
