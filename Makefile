@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # multi-GB CUDA build. On GPU machines set TORCH_SPEC to the build you want.
 TORCH_SPEC ?= torch==2.13.0
 # The main job: the one whose improvement over v0 is larger and not explained by truncation,
-# measured in the README (`instructions`, one to two hours here); the `concise` job (~15 min) runs with
+# measured in the README (`instructions`, one to two hours here); the `concise` job (~15 min)
+# runs with
 #   make demo DEMO_CONFIG=examples/configs/concise-cpu.yaml RUN_DIR=runs/concise
 RUN_DIR ?= runs/instructions
 DEMO_CONFIG ?= examples/configs/instructions-cpu.yaml
