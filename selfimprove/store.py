@@ -221,7 +221,9 @@ class PreferenceStore:
         try:
             meta = json.loads(self.meta_path.read_text())
             fraction, salt = float(meta["heldout_fraction"]), str(meta["salt"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except KeyError as exc:
+            raise StoreError(f"{self.meta_path}: store metadata without its key {exc}") from None
+        except (OSError, ValueError, TypeError) as exc:
             raise StoreError(f"{self.meta_path}: unreadable store metadata ({exc})") from None
         return {**meta, "heldout_fraction": fraction, "salt": salt}
 

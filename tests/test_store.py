@@ -72,6 +72,14 @@ def test_a_lost_meta_json_is_not_recreated_next_to_shards(tmp_path):
     assert not meta.exists()  # no new split was drawn
 
 
+def test_store_metadata_without_a_key_names_it(tmp_path):
+    store_at(tmp_path, 0.3, salt="pepper")
+    (tmp_path / "store" / "meta.json").write_text('{"salt": "pepper"}')
+    with pytest.raises(StoreError, match="meta.json: store metadata without its key "
+                       "'heldout_fraction'"):
+        PreferenceStore(tmp_path)
+
+
 def test_new_store_without_a_salt_uses_seed_0s(tmp_path):
     """Reproducible: two fresh stores over the same prompts hold out the same ones."""
     a, b = PreferenceStore(tmp_path / "a"), PreferenceStore(tmp_path / "b")
