@@ -12,7 +12,7 @@ import json
 import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, get_args
 
 import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -21,6 +21,7 @@ from selfimprove.pydantic_errors import ID_PATTERN
 from selfimprove.types import CheckResult, passes
 
 __all__ = [
+    "CHECK_KINDS",
     "REGEX_TIMEOUT_S",
     "BulletCount",
     "Check",
@@ -381,6 +382,11 @@ Check = Annotated[
     | Quoted,
     Field(discriminator="kind"),
 ]
+
+#: every check kind's name, sorted (the ``kind`` of each member of :data:`Check`)
+CHECK_KINDS: tuple[str, ...] = tuple(sorted(
+    get_args(model.model_fields["kind"].annotation)[0] for model in get_args(get_args(Check)[0])
+))
 
 
 @lru_cache(maxsize=512)

@@ -9,11 +9,11 @@ import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from selfimprove.checks import Check
+from selfimprove.checks import CHECK_KINDS, Check
 from selfimprove.conversation import ConversationError, as_messages, split_answer, transcript
 from selfimprove.errors import ConfigError
 from selfimprove.hashing import prompt_id
@@ -24,10 +24,6 @@ if TYPE_CHECKING:
     from selfimprove.constitution import Constitution
 
 _PACKAGED_DIR = "data/prompts"
-#: every check kind, for error messages
-_KINDS = sorted(
-    get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(Check)[0])
-)
 _PACKAGED_SUFFIXES = (".jsonl", ".txt")
 
 
@@ -328,11 +324,12 @@ def _checks(path: Path, no: int, row: dict[str, Any]) -> tuple[Check, ...]:
         err, ours = first_error(exc)
         # pydantic puts the union member's tag into loc (checks.0.ends_with.value): drop it
         loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p.islower()
-                                                 and p in _KINDS)]
+                                                 and p in CHECK_KINDS)]
         where = "checks" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc)
         msg = ours or err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
-            msg = f"unknown check kind {err['input'].get('kind')!r} (known: {', '.join(_KINDS)})"
+            known = ", ".join(CHECK_KINDS)
+            msg = f"unknown check kind {err['input'].get('kind')!r} (known: {known})"
             where += ".kind"
         elif err["type"] == "union_tag_not_found":
             msg = "a check needs a 'kind'"

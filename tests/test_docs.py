@@ -4,12 +4,11 @@ line as a prompt record, and every check kind has one of each."""
 from __future__ import annotations
 
 import re
-import typing
 from pathlib import Path
 
 import pytest
 
-from selfimprove.checks import Check
+from selfimprove.checks import CHECK_KINDS
 from selfimprove.constitution import load_constitution
 from selfimprove.sources import load_prompt_records
 
@@ -19,12 +18,6 @@ BLOCK = re.compile(r"^```(yaml|json)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 def blocks(kind: str) -> list[str]:
     return [body for lang, body in BLOCK.findall(DOC.read_text(encoding="utf-8")) if lang == kind]
-
-
-def all_kinds() -> set[str]:
-    (union,) = typing.get_args(Check)[:1]
-    return {typing.get_args(m.model_fields["kind"].annotation)[0]
-            for m in typing.get_args(union)}
 
 
 @pytest.mark.parametrize("index", range(len(blocks("yaml"))))
@@ -47,7 +40,7 @@ def test_each_json_example_loads_as_a_prompt_record(tmp_path: Path, index: int) 
 
 
 def test_every_check_kind_has_a_yaml_and_a_json_example() -> None:
-    kinds = all_kinds()
+    kinds = set(CHECK_KINDS)
     assert {"max_words", "lowercase", "json_object", "quoted"} <= kinds
     for lang in ("yaml", "json"):
         text = "\n".join(blocks(lang))
