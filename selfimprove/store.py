@@ -332,7 +332,7 @@ class PreferenceStore:
         seen, hashes = self._hash_cache.get(kind, (set(), set()))
         for path in self._shard_paths(kind):
             if path.name not in seen:
-                _check_shard_columns(path, kind)
+                self._shard_meta(path, kind)  # a shard of the other kind is named, not read
                 table = pq.read_table(path, columns=["content_hash"])
                 hashes.update(table.column("content_hash").to_pylist())
                 seen.add(path.name)
@@ -454,13 +454,15 @@ class PreferenceStore:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _shard_meta(self, path: Path) -> tuple[int, dict[str, Any]]:
+    def _shard_meta(self, path: Path, kind: Kind) -> tuple[int, dict[str, Any]]:
+        """A shard's row count and our metadata, after checking it has ``kind``'s columns."""
         import pyarrow.parquet as pq
 
         try:
             md = pq.read_metadata(path)
         except (OSError, ValueError) as exc:
             raise StoreError(f"{path}: unreadable shard ({exc})") from None
+        _check_shard_columns(path, kind, set(md.schema.to_arrow_schema().names))
         raw = (md.metadata or {}).get(_META_KEY, b"{}")
         return md.num_rows, json.loads(raw)
 
@@ -469,7 +471,7 @@ class PreferenceStore:
         infos = []
         for kind in ("pairs", "sft"):
             for path in self._shard_paths(kind):
-                rows, meta = self._shard_meta(path)
+                rows, meta = self._shard_meta(path, kind)
                 infos.append(
                     ShardInfo(
                         name=path.name,
@@ -498,8 +500,7 @@ class PreferenceStore:
         schema = full if wanted is None else pa.schema([full.field(c) for c in wanted])
         seen: set[str] = set()
         tables = []
-        for path in self.shard_files(kind):
-            _check_shard_columns(path, kind)
+        for path in self.shard_files(kind):  # their columns checked by shards()
             try:
                 table = pq.read_table(path, columns=wanted, schema=schema)
             except (OSError, ValueError) as exc:
@@ -610,15 +611,9 @@ def _schema_of(kind: Kind) -> pa.Schema:
     return pair_schema() if kind == "pairs" else sft_schema()
 
 
-def _check_shard_columns(path: Path, kind: Kind) -> None:
+def _check_shard_columns(path: Path, kind: Kind, names: set[str]) -> None:
     """A shard of ``kind`` has its kind's columns; the rows of another file would be read as
     nulls where a column is missing."""
-    import pyarrow.parquet as pq
-
-    try:
-        names = set(pq.read_schema(path).names)
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path}: unreadable shard ({exc})") from None
     missing = [name for name in _schema_of(kind).names if name not in names]
     if missing:
         other: Kind = "sft" if kind == "pairs" else "pairs"
