@@ -22,6 +22,12 @@ class Strict(BaseModel):
 Strategy = Literal["revision", "best_of_n"]
 
 
+def _ratio_bounds_ordered(low: float | None, high: float | None, what: str) -> None:
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"min_length_ratio {low} is above max_length_ratio {high}: no {what} "
+                         "could pass both")
+
+
 class HarvestConfig(BaseModel):
     """Which pairs to keep."""
 
@@ -64,12 +70,6 @@ class HarvestConfig(BaseModel):
     def _ratios_ordered(self) -> HarvestConfig:
         _ratio_bounds_ordered(self.min_length_ratio, self.max_length_ratio, "pair")
         return self
-
-
-def _ratio_bounds_ordered(low: float | None, high: float | None, what: str) -> None:
-    if low is not None and high is not None and low > high:
-        raise ValueError(f"min_length_ratio {low} is above max_length_ratio {high}: no {what} "
-                         "could pass both")
 
 
 class GateConfig(BaseModel):

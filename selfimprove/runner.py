@@ -245,7 +245,7 @@ async def run_cycles(ctx: CycleContext, *, resume: bool = False) -> dict[str, An
 def _check_devices(cfg: RunConfig, where: Path | str) -> None:
     """A device this machine lacks fails here, before the run directory exists (after it, the
     same command, fixed, would find the directory taken)."""
-    for role in ("policy", "critic", "reviser", "judge", "sampler"):
+    for role in type(cfg.critique.roles).model_fields:
         backend = getattr(cfg.critique.roles, role).backend
         if backend is None or backend.device is None or backend.kind == "openai":
             continue

@@ -65,6 +65,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     run = RunDir(args.run_dir)
     cfg = load_run_config(run)
+    constitution = load_constitution(cfg.critique.constitution)
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit", f"must be at least 1, got {args.limit}")
     if args.save and not args.prompts:
@@ -77,8 +78,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                         field=None, constitution=prepared.constitution).values()
         source = str(args.prompts)
     elif args.prompts:
-        prompts = load_prompt_records(
-            args.prompts, constitution=load_constitution(cfg.critique.constitution))
+        prompts = load_prompt_records(args.prompts, constitution=constitution)
         source = str(args.prompts)
     else:
         prompts = prepare(cfg, run.config_path).heldout_prompts
@@ -87,7 +87,7 @@ def run_eval(args: argparse.Namespace) -> int:
     prompts = prompts[: args.limit or (None if args.save else cfg.gate.num_prompts)]
     registry = PolicyRegistry(run.path)
     versions = _versions(args.versions, registry)
-    evals = asyncio.run(_evaluate(cfg, registry, versions, prompts))
+    evals = asyncio.run(_evaluate(cfg, constitution, registry, versions, prompts))
     if args.save:
         _save(run, transfer_set_name(args.prompts), evals)
     # each later version against the first, prompt by prompt
@@ -116,12 +116,10 @@ def _save(run, name: str, evals) -> None:
         write_report(parent)  # the loop's report shows its control arm's sets too
 
 
-async def _evaluate(cfg, registry, versions, prompts):
-    from selfimprove.constitution import load_constitution
+async def _evaluate(cfg, constitution, registry, versions, prompts):
     from selfimprove.evaluation import evaluate_policy
     from selfimprove.wiring import make_roles
 
-    constitution = load_constitution(cfg.critique.constitution)
     roles = make_roles(cfg.critique.roles)
     try:
         return [
