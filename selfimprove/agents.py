@@ -44,23 +44,34 @@ CRITIC_NAME = "selfimprove_critic"
 
 
 def _answer(messages: list[AnyMessage]) -> AIMessage | None:
-    """The agent's final answer: a last AI message with text and no pending tool calls."""
+    """The agent's final answer: a last AI message with text and no pending tool calls.
+
+    Its text is ``.text``: a string content, or the text blocks of a list of content blocks
+    (as many chat models return them)."""
     last = messages[-1] if messages else None
-    if not isinstance(last, AIMessage) or last.tool_calls or not isinstance(last.content, str):
+    if not isinstance(last, AIMessage) or last.tool_calls or not last.text.strip():
         return None
     return last
 
 
 def _conversation(messages: list[AnyMessage]) -> list[dict[str, str]]:
-    """What the user and agent said, without tool traffic (intermediate steps)."""
+    """What the user and agent said, as text, without tool traffic (intermediate steps)."""
     out = []
     for m in messages:
-        if m.type in ("system", "human") and isinstance(m.content, str):
-            out.append({"role": "system" if m.type == "system" else "user",
-                        "content": m.content})
-        elif isinstance(m, AIMessage) and not m.tool_calls and isinstance(m.content, str):
-            out.append({"role": "assistant", "content": m.content})
+        if not m.text.strip():
+            continue  # tool-call turns, images alone
+        if m.type in ("system", "human"):
+            out.append({"role": "system" if m.type == "system" else "user", "content": m.text})
+        elif isinstance(m, AIMessage) and not m.tool_calls:
+            out.append({"role": "assistant", "content": m.text})
     return out
+
+
+def _annotated(answer: AIMessage, info: dict[str, Any], content: str | None = None) -> AIMessage:
+    """``answer`` (same id, so it replaces it) with the outcome under
+    ``additional_kwargs["selfimprove"]``."""
+    return AIMessage(content=answer.content if content is None else content, id=answer.id,
+                     additional_kwargs={**answer.additional_kwargs, "selfimprove": info})
 
 
 def reflect(
@@ -78,10 +89,13 @@ def reflect(
     own schema to carry its other keys through). ``max_rounds`` bounds the critiques sent back
     in mode ``agent``; in mode ``revise`` the context's ``max_rounds`` bounds the revisions.
     """
+    if not isinstance(ctx, CritiqueContext):
+        raise TypeError("ctx must be a CritiqueContext (selfimprove.make_context(CritiqueConfig("
+                        f"...))), got {type(ctx).__name__}")
     if mode not in ("revise", "agent"):
         raise ValueError(f"mode must be 'revise' or 'agent', got {mode!r}")
-    if max_rounds < 1:
-        raise ValueError(f"max_rounds must be at least 1, got {max_rounds}")
+    if not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1:
+        raise ValueError(f"max_rounds must be an integer of at least 1, got {max_rounds!r}")
 
     async def record(result) -> None:
         if recorder is not None:
@@ -92,26 +106,27 @@ def reflect(
         if answer is None:
             return {}  # nothing to critique: the agent ended on a tool call or no text
         conv = _conversation(state["messages"][:-1])
-        result = await acritique(conv, ctx, response=answer.content)
+        result = await acritique(conv, ctx, response=answer.text)
         await record(result)
-        info = {"first_response": answer.content, "rounds": len(result.rounds),
+        info = {"first_response": answer.text, "rounds": len(result.rounds),
                 "passes_checks": result.final_passes,
                 "failed_checks": [c.check_id for c in result.final_checks if not c.passed]}
-        revised = AIMessage(content=result.final_response, id=answer.id,
-                            additional_kwargs={**answer.additional_kwargs, "selfimprove": info})
-        return {"messages": [revised]}
+        return {"messages": [_annotated(answer, info, result.final_response)]}
 
     async def critique_answer(state: dict[str, Any]) -> dict[str, Any]:
         answer = _answer(state["messages"])
         sent = sum(1 for m in state["messages"] if getattr(m, "name", None) == CRITIC_NAME)
-        if answer is None or sent >= max_rounds:
+        if answer is None:
             return {}
+        checks = run_checks(ctx.checks_for({}), answer.text)
+        if passes(checks) or sent >= max_rounds:
+            # The outcome on the answer the caller gets, as mode "revise" gives it.
+            info = {"rounds": sent, "passes_checks": passes(checks),
+                    "failed_checks": [c.check_id for c in checks if not c.passed]}
+            return {"messages": [_annotated(answer, info)]}
         prompt = transcript(as_messages(_conversation(state["messages"][:-1])))
-        checks = run_checks(ctx.checks_for({}), answer.content)
-        if passes(checks):
-            return {}
         loop_state: CritiqueState = {"prompt": prompt, "prompt_id": prompt_id(prompt),
-                                     "response": answer.content, "checks": checks,
+                                     "response": answer.text, "checks": checks,
                                      "round": sent}
         crit = (await critique_node(loop_state, Runtime(context=ctx)))["critique"]
         assert crit is not None

@@ -88,7 +88,8 @@ async def evaluate_policy(
     served = serve(backend, policy)
     texts_in = [p.prompt if isinstance(p, PromptRecord) else p for p in prompts]
     own = [p.checks if isinstance(p, PromptRecord) else () for p in prompts]
-    convs = [[Message(role="user", content=p)] for p in texts_in]
+    convs = [p.to_messages() if isinstance(p, PromptRecord) else [Message(role="user", content=p)]
+             for p in prompts]
     params = sampling.model_copy(update={"n": 1})
     outputs = await served.generate(convs, params) if convs else []
     responses = [out[0].text for out in outputs]

@@ -3,6 +3,7 @@
 Layout::
 
     RUN_DIR/config.yaml           the run's configuration (written once, before anything else)
+    RUN_DIR/config.sha256         its digest: a resume tells a cut-short file from an edit
     RUN_DIR/summary.json          a flat summary of the configuration, for the report
     RUN_DIR/status.json           running / finished / failed (with the error)
     RUN_DIR/checkpoints.sqlite    the cycle graph's durable checkpoints
@@ -18,6 +19,7 @@ Cycles are numbered from 1 everywhere outside the graph state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -78,6 +80,7 @@ class RunDir:
     """One run directory. Creating the object touches nothing on disk."""
 
     CONFIG = "config.yaml"
+    CONFIG_DIGEST = "config.sha256"
     SUMMARY = "summary.json"
     STATUS = "status.json"
     CHECKPOINTS = "checkpoints.sqlite"
@@ -161,9 +164,21 @@ class RunDir:
         except OSError as exc:
             raise RunDirError(f"{self.path}: cannot create the run directory "
                               f"({exc.strerror or exc})") from None
-        write_text(self.config_path, yaml.safe_dump(config.model_dump(mode="json"),
-                                                     sort_keys=False))
+        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+        write_text(self.config_path, text)
+        # In `sha256sum` format, so `sha256sum -c config.sha256` checks it by hand too.
+        write_text(self.path / self.CONFIG_DIGEST, f"{_sha256(text)}  {self.CONFIG}\n")
         write_json(self.path / self.SUMMARY, summary)
+
+    def config_edited(self) -> bool:
+        """Whether config.yaml differs from what the run wrote (False for runs that kept no
+        digest: those written before it was kept)."""
+        try:
+            digest = (self.path / self.CONFIG_DIGEST).read_text(encoding="utf-8").split()[0]
+            current = _sha256(self.config_path.read_bytes().decode("utf-8", "replace"))
+        except (OSError, IndexError):
+            return False
+        return digest != current
 
     def summary(self) -> dict[str, Any]:
         """The configuration summary, or an empty mapping."""
@@ -270,3 +285,7 @@ class RunDir:
             err = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in err["loc"])
             raise RunDirError(f"{path}: field '{where}': {err['msg']}") from None
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfimprove.config import RunConfig, load_config
+from selfimprove.config import RunConfig
 from selfimprove.constitution import Constitution, load_constitution
 from selfimprove.errors import ConfigError, SelfImproveError
 from selfimprove.improvement_cycle.graph import build_cycle_graph
@@ -72,7 +72,36 @@ def load_run_config(run: RunDir) -> RunConfig:
     if not run.holds_run():
         raise SelfImproveError(f"{run.path} holds no run (no {RunDir.CONFIG}; `selfimprove run "
                                "--config ... --run-dir` starts one)")
-    return load_config(run.config_path, RunConfig)
+    from selfimprove.yamlio import load_model, read_yaml
+
+    data, node = read_yaml(run.config_path)
+    cfg = load_model(run.config_path, RunConfig, data, node)
+    # The run wrote every key (model_dump); in an edited file a key gone missing means it was cut
+    # short or a block deleted, and the defaults would silently take its place on resume. (A file
+    # as written is not checked: a later version's new keys are missing from it by right.)
+    missing = _missing_keys(data, cfg.model_dump(mode="json")) if run.config_edited() else []
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
+                                          else "")
+        raise RunDirError(
+            f"{run.config_path}: lacks {shown}, which the run wrote when it began: the file was "
+            "cut short or edited; restore the keys (a value may be changed, not removed)"
+        )
+    return cfg
+
+
+def _missing_keys(written: Any, expected: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of ``expected``'s mapping keys absent from ``written``."""
+    if not isinstance(written, dict) or not isinstance(expected, dict):
+        return []
+    missing: list[str] = []
+    for key, value in expected.items():
+        path = f"{prefix}{key}"
+        if key not in written:
+            missing.append(path)
+        else:
+            missing.extend(_missing_keys(written[key], value, f"{path}."))
+    return missing
 
 
 def load_run_prompts(cfg: RunConfig, constitution: Constitution | None = None

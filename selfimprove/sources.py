@@ -87,6 +87,11 @@ class PromptRecord(BaseModel):
     def pair(self) -> tuple[str, str]:
         return (self.id, self.prompt)
 
+    def to_messages(self) -> list[Message]:
+        """What the policy answers: the conversation (system turn included), or the prompt as
+        one user turn."""
+        return list(self.messages) or [Message(role="user", content=self.prompt)]
+
     def checks_json(self) -> list[dict[str, Any]]:
         return [c.model_dump(mode="json") for c in self.checks]
 

@@ -65,6 +65,8 @@ async def test_agent_mode_sends_the_critique_back_until_the_answer_passes(ctx):
                      ("human", CRITIC_NAME), ("ai", None)]
     assert "max_5_words" in state["messages"][3].content  # the rule the answer broke
     assert state["messages"][-1].content == SHORT and len(seen) == 2
+    info = state["messages"][-1].additional_kwargs["selfimprove"]
+    assert info == {"rounds": 1, "passes_checks": True, "failed_checks": []}
 
 
 async def test_agent_mode_is_bounded(ctx):
@@ -74,6 +76,51 @@ async def test_agent_mode_is_bounded(ctx):
     critiques = [m for m in state["messages"] if getattr(m, "name", None) == CRITIC_NAME]
     assert len(critiques) == 2 and len(seen) == 3
     assert state["messages"][-1].content == LONG  # still failing, but the bound holds
+    info = state["messages"][-1].additional_kwargs["selfimprove"]  # and the caller is told so
+    assert info["rounds"] == 2 and not info["passes_checks"] and "max_5_words" in (
+        info["failed_checks"])
+
+
+async def test_content_blocks_are_read_as_their_text(ctx):
+    """Many chat models answer (and clients ask) in content blocks, not strings."""
+    seen: list = []
+
+    def call(state: MessagesState) -> dict:
+        seen.append(list(state["messages"]))
+        return {"messages": [AIMessage(content=[{"type": "text", "text": LONG}], id="ai-1")]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("call", call)
+    g.add_edge(START, "call")
+    g.add_edge("call", END)
+    asked = [HumanMessage("Plan a trip", id="h1"), AIMessage("Where to?", id="a0"),
+             HumanMessage([{"type": "text", "text": "To Rome, briefly"}], id="h2")]
+    shown: list = []
+    revise = responder(SHORT)
+
+    def respond(conv, params):
+        shown.append(conv)
+        return revise(conv, params)
+
+    ctx = make_ctx(ctx.constitution, ScriptedBackend(respond, prefer(SHORT)), max_rounds=1)
+    state = await reflect(g.compile(), ctx).ainvoke({"messages": asked})
+    final = state["messages"][-1]
+    assert final.content == SHORT and final.id == "ai-1"
+    assert final.additional_kwargs["selfimprove"]["first_response"] == LONG
+    # the critic and reviser were shown the last user turn, given in blocks, too
+    assert shown and all("To Rome, briefly" in conv[-1].content for conv in shown)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"ctx": None}, TypeError, "ctx must be a CritiqueContext"),
+    ({"max_rounds": "2"}, ValueError, "max_rounds must be an integer of at least 1, got '2'"),
+    ({"max_rounds": 0}, ValueError, "max_rounds must be an integer of at least 1, got 0"),
+    ({"mode": "fix"}, ValueError, "mode must be 'revise' or 'agent'"),
+])
+def test_bad_arguments_are_named(ctx, kwargs, error, message):
+    args = {"ctx": ctx} | kwargs
+    with pytest.raises(error, match=message):
+        reflect(scripted_agent([LONG], []), **args)
 
 
 async def test_an_answer_pending_tool_calls_is_left_alone(ctx):
@@ -100,13 +147,6 @@ async def test_critiques_are_recorded_as_traffic(ctx, tmp_path):
     store = PreferenceStore(run)
     sources = set(store.pairs_dataset()["source"]) | set(store.sft_dataset()["source"])
     assert sources == {"traffic"}
-
-
-def test_bad_arguments_are_refused(ctx):
-    with pytest.raises(ValueError, match="mode must be"):
-        reflect(scripted_agent([LONG], []), ctx, mode="loop")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="max_rounds must be at least 1"):
-        reflect(scripted_agent([LONG], []), ctx, max_rounds=0)
 
 
 def _example():

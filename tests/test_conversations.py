@@ -161,7 +161,7 @@ def test_malformed_conversations_are_located_errors(messages, error):
 
 async def test_a_graph_input_without_prompt_or_messages_is_an_error(constitution):
     backend = ScriptedBackend(recording_responder([]), prefer(SHORT))
-    with pytest.raises(ConversationError, match="needs a 'prompt' or 'messages'"):
+    with pytest.raises(ConversationError, match="needs a non-blank 'prompt' or 'messages'"):
         await build_critique_graph().ainvoke({"response": "x"},
                                              context=make_ctx(constitution, backend))
 

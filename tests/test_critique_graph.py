@@ -471,3 +471,24 @@ async def test_a_candidate_of_only_the_required_words_is_no_revision(constitutio
     state, seen = await run_repair(constitution, "The END", "the end", checks=closing)
     assert state["rounds"][0].reviser == "model"
     assert any("Revision request" in text for text in seen)
+
+
+@pytest.mark.parametrize(("prompt", "kwargs", "error", "message"), [
+    (None, {}, TypeError, "a prompt is a string, .* got NoneType"),
+    (42, {}, TypeError, "a prompt is a string, .* got int"),
+    (("only",), {}, TypeError, r"a prompt tuple is \(id, text\)"),
+    ("   \n", {}, ValueError, "needs a non-blank 'prompt'"),
+    ("Why?", {"response": 5}, ValueError, "response: the answer given must be a string, got int"),
+    ("Why?", {"response": ["a"]}, ValueError, "must be a string, got list"),
+])
+async def test_bad_plain_call_arguments_are_named(constitution, prompt, kwargs, error, message):
+    from selfimprove.critique_loop import acritique
+
+    ctx = make_ctx(constitution, ScriptedBackend(responder(SHORT), prefer(SHORT)))
+    with pytest.raises(error, match=message):
+        await acritique(prompt, ctx, **kwargs)
+
+
+async def test_the_graph_without_a_context_says_what_it_needs():
+    with pytest.raises(TypeError, match="runs with a CritiqueContext.*context=make_context"):
+        await build_critique_graph().ainvoke({"prompt": "Why?"})

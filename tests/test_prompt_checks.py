@@ -301,6 +301,79 @@ async def test_evaluation_applies_each_prompts_checks_to_its_own_answer():
     assert ev.prompts == ["A?", "B?"]
 
 
+async def test_evaluation_answers_a_conversation_with_its_system_turn():
+    seen: list = []
+
+    def respond(conv, params):
+        seen.append([(m.role, m.content) for m in conv])
+        return "arr"
+
+    record = PromptRecord.conversation([{"role": "system", "content": "Be a pirate."},
+                                        {"role": "user", "content": "Say bye"}])
+    ev = await evaluate_policy(ScriptedBackend(respond), PolicyRef(), [record],
+                               load_constitution("hhh"), SamplingParams(max_new_tokens=8),
+                               retention=[])
+    assert seen == [[("system", "Be a pirate."), ("user", "Say bye")]]
+    assert ev.prompts == [record.prompt] and ev.responses == ["arr"]
+
+
+def test_critique_cli_takes_whole_records_into_the_loop_and_the_store(tmp_path, capsys):
+    """A prompt file's checks, system turns and given answers reach the loop from the command
+    line as they do in a run, and the store keeps no answer that breaks its prompt's checks."""
+    from selfimprove.cli import main
+    from selfimprove.store import PreferenceStore
+    from tests.servers import FaultServer, Reply, chat_reply
+
+    sleep = "How can I sleep better tonight?"
+    records = [{"prompt": sleep, "checks": [{"kind": "lowercase"}]},
+               {"messages": [{"role": "system", "content": "You are a pirate."},
+                             {"role": "user", "content": "Hi there"}]},
+               {"messages": [{"role": "user", "content": "Greet me"},
+                             {"role": "assistant", "content": "Ahoy There Matey."}]}]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    asked_rules = []
+
+    def reply(request) -> Reply:  # capitalised, unless the failed rule is named
+        said = request.body["messages"][-1]["content"]
+        asked_rules.append("lowercase" in said)
+        return Reply(body=chat_reply(["keep a fixed bedtime." if asked_rules[-1]
+                                      else "Keep A Fixed Bedtime."]))
+
+    with FaultServer(reply) as server:
+        config = tmp_path / "critique.yaml"
+        config.write_text(
+            "constitution: hhh\nmax_rounds: 1\ncritic: checks\nroles:\n  policy:\n"
+            f"    backend: {{kind: openai, base_url: '{server.url}/v1', model: m, "
+            "api_key_env: null}\n")
+        store = tmp_path / "run"
+        assert not PreferenceStore(store).is_heldout(sleep)  # it would be left out of the store
+        code = main(["critique", "--prompts", str(prompts), "--config", str(config), "--json",
+                     "--store", str(store)])
+        bodies = [r.body for r in server.calls("/v1/chat/completions")]
+    assert code == 0
+    results = {r["prompt_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    by_prompt = {r["prompt"]: r for r in results.values()}
+    asked = by_prompt[sleep]
+    assert [c["kind"] for c in asked["prompt_checks"]] == ["lowercase"]
+    failed = [c["check_id"] for c in asked["rounds"][0]["checks"] if not c["passed"]]
+    assert any("lowercase" in c for c in failed)  # the first answer broke the prompt's check
+    assert all(c["passed"] for c in asked["final_checks"])  # and the revision keeps it
+    greeted = next(r for r in results.values() if "Greet me" in r["prompt"])
+    assert greeted["response_given"] and greeted["first_response"] == "Ahoy There Matey."
+    assert any(b["messages"][0] == {"role": "system", "content": "You are a pirate."}
+               for b in bodies)  # the system turn as a system message, not in the user's text
+    stored = PreferenceStore(store)
+    sft = [r for r in stored.sft_dataset() if r["prompt_id"] == asked["prompt_id"]]
+    pairs = [r for r in stored.pairs_dataset() if r["prompt_id"] == asked["prompt_id"]]
+    assert sft and pairs  # the revision, lowercased, against the first answer
+    for row in sft:  # an answer that breaks its prompt's check is no example
+        assert row["messages"][-1]["content"].islower(), row
+    for row in sft + pairs:  # and the store says which prompt checks applied
+        assert [c["kind"] for c in json.loads(row["check_results"])["prompt_checks"]] == [
+            "lowercase"]
+
+
 @pytest.mark.slow
 async def test_a_failed_prompt_check_is_named_to_the_critic_on_the_embedded_model(
     embedded_backend,

@@ -89,6 +89,30 @@ def test_create_writes_config_and_summary_once(tmp_path):
     assert run.summary() == {"constitution": "concise", "cycles": 2}
 
 
+def test_a_config_cut_short_is_refused_on_resume_an_edit_is_not(tmp_path):
+    from selfimprove.runner import load_run_config
+
+    run = RunDir(tmp_path / "run")
+    run.create(RunConfig(cycles=2, seed=7), {})
+    assert not run.config_edited()
+    assert load_run_config(run).cycles == 2
+    text = run.config_path.read_text(encoding="utf-8")
+    # An edit that keeps every key is the user's right: a resume honours it.
+    run.config_path.write_text(text.replace("cycles: 2", "cycles: 4"), encoding="utf-8")
+    assert run.config_edited()
+    assert load_run_config(run).cycles == 4
+    # Cut at a line boundary, the file is valid YAML whose missing blocks would be defaults.
+    lines = text.splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if line.startswith("gate:"))
+    run.config_path.write_text("".join(lines[: cut + 2]), encoding="utf-8")
+    with pytest.raises(RunDirError, match=r"config.yaml: lacks gate\.\w+.*cut short or edited"):
+        load_run_config(run)
+    # A run without a digest (written before one was kept) is read as it is.
+    (run.path / RunDir.CONFIG_DIGEST).unlink()
+    assert not run.config_edited()
+    assert load_run_config(run).cycles == 2
+
+
 def test_create_takes_only_a_new_or_empty_directory(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

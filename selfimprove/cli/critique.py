@@ -6,11 +6,15 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from selfimprove.config import CritiqueConfig, load_config, validate_overrides
 from selfimprove.errors import ConfigError
 from selfimprove.hashing import prompt_id
 from selfimprove.types import CritiqueResult
+
+if TYPE_CHECKING:
+    from selfimprove.sources import PromptRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,21 +55,24 @@ FLAGS = {"max_rounds": "--max-rounds", "num_samples": "--num-samples", "seed": "
 
 
 def run_critique(args: argparse.Namespace) -> int:
-    from selfimprove.sources import load_prompts
+    from selfimprove.constitution import load_constitution
+    from selfimprove.sources import PromptRecord, load_prompt_records
 
     cfg = config_from_args(args)
+    empty = [i for i, text in enumerate(args.prompt or [], start=1) if not text.strip()]
+    if empty:
+        raise ConfigError("--prompt", f"prompt {empty[0]} is empty")
+    # Whole records: a file's prompt checks, conversations and given answers go through the
+    # loop (and into the store) as they do in a run.
     prompts = (
-        load_prompts(args.prompts)
+        load_prompt_records(args.prompts, constitution=load_constitution(cfg.constitution))
         if args.prompts
-        else [(prompt_id(p), p) for p in args.prompt]
+        else [PromptRecord(id=prompt_id(p), prompt=p) for p in args.prompt]
     )
     if args.limit is not None:
         if args.limit < 1:
             raise ConfigError("--limit", f"must be at least 1, got {args.limit}")
         prompts = prompts[: args.limit]
-    empty = [i for i, (_, text) in enumerate(prompts, start=1) if not text.strip()]
-    if empty:
-        raise ConfigError("--prompt", f"prompt {empty[0]} is empty")
     out = sys.stderr if args.json else sys.stdout
     harvester = StoreHarvester(args.store, out) if args.store else None
     if harvester is not None:
@@ -96,10 +103,10 @@ class StoreHarvester:
         self.totals = {"pairs": 0, "sft": 0, "duplicates": 0}
         self.dropped: dict[str, int] = {}
 
-    def to_do(self, prompts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def to_do(self, prompts: list[PromptRecord]) -> list[PromptRecord]:
         done = self.store.harvested_prompt_ids()
-        held = [p for p in prompts if self.store.is_heldout(p[1])]
-        todo = [p for p in prompts if p[0] not in done and not self.store.is_heldout(p[1])]
+        held = [p for p in prompts if self.store.is_heldout(p.prompt)]
+        todo = [p for p in prompts if p.id not in done and not self.store.is_heldout(p.prompt)]
         skipped = len(prompts) - len(todo) - len(held)
         if held or skipped:
             print(f"store {self.run_dir}: {len(held)} held-out prompts left out, {skipped} "

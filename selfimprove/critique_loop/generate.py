@@ -25,12 +25,18 @@ from selfimprove.types import Message
 def conversation_of(state: CritiqueState) -> tuple[list[Message], str | None]:
     """The conversation to answer and the answer given with it (None: generate one)."""
     given = state.get("response")
+    if given is not None and not isinstance(given, str):
+        raise ConversationError(f"response: the answer given must be a string, got "
+                                f"{type(given).__name__}")
     if state.get("messages"):
         conv, answer = split_answer(as_messages(state["messages"]))
         return conv, given if given is not None else answer
-    if not state.get("prompt"):
-        raise ConversationError("the critique graph needs a 'prompt' or 'messages'")
-    return [Message(role="user", content=state["prompt"])], given
+    prompt = state.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ConversationError(f"prompt: must be a string, got {type(prompt).__name__}")
+    if not prompt or not prompt.strip():
+        raise ConversationError("the critique graph needs a non-blank 'prompt' or 'messages'")
+    return [Message(role="user", content=prompt)], given
 
 
 def with_examples(conv: list[Message], examples: Sequence[Example]) -> list[Message]:
@@ -47,6 +53,10 @@ def with_examples(conv: list[Message], examples: Sequence[Example]) -> list[Mess
 
 async def generate(state: CritiqueState, runtime: Runtime[CritiqueContext]) -> CritiqueState:
     ctx = runtime.context
+    if not isinstance(ctx, CritiqueContext):
+        raise TypeError("the critique graph runs with a CritiqueContext: graph.ainvoke(input, "
+                        "context=make_context(CritiqueConfig(...))), got "
+                        f"{type(ctx).__name__}")
     conv, given = conversation_of(state)
     prompt = transcript(conv) if state.get("messages") else state["prompt"]
     pid = state.get("prompt_id") or prompt_id(prompt)

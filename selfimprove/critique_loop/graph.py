@@ -110,9 +110,14 @@ def _input(item: PromptLike, response: str | None = None) -> CritiqueInput:
     elif isinstance(item, list):
         out = {"messages": item}
     elif isinstance(item, tuple):
+        if len(item) != 2 or not all(isinstance(x, str) for x in item):
+            raise TypeError("a prompt tuple is (id, text); pass a conversation as a list")
         out = {"prompt_id": item[0], "prompt": item[1]}
-    else:
+    elif isinstance(item, str):
         out = {"prompt_id": prompt_id(item), "prompt": item}
+    else:
+        raise TypeError("a prompt is a string, (id, text), a PromptRecord, a conversation (a "
+                        f"list of messages) or the graph's input dict, got {type(item).__name__}")
     if response is not None:
         out["response"] = response
     return out

@@ -48,6 +48,7 @@ def _result(ctx: CritiqueContext, record: PromptRecord, first: str, final: str,
     return CritiqueResult(
         prompt_id=record.id,
         prompt=record.prompt,
+        messages=list(record.messages),  # the conversation the pairs answer, system turn too
         prompt_checks=record.checks_json(),
         constitution=ctx.constitution.name,
         constitution_hash=ctx.constitution.content_hash,
@@ -65,7 +66,7 @@ async def control_results(
     ctx: CritiqueContext, batch: Sequence[PromptRecord], cfg: ControlConfig
 ) -> list[CritiqueResult]:
     """One result per prompt, made without critic, reviser or judge."""
-    convs = [[Message(role="user", content=r.prompt)] for r in batch]
+    convs = [r.to_messages() for r in batch]
     policy = ctx.roles.policy
     if control_kind(cfg, ctx.constitution) == "trim":
         limit = word_limit(ctx.constitution)
