@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -25,6 +26,17 @@ class ConfigError(SelfImproveError):
         where = self.path + (f":{line}" if line is not None else "")
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{message}")
+
+
+class ConfigErrors(ConfigError):
+    """Several errors in one file, one a line in file order; the first is the error's own
+    path, line and field."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.path, first.detail, line=first.line, field=first.field)
+        self.errors = list(errors)
+        self.args = ("\n".join(str(e) for e in self.errors),)
 
 
 class ModelNotFoundError(SelfImproveError):

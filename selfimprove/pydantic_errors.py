@@ -11,31 +11,47 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 ID_RULE = "ASCII letters, digits, '_', '-' and '.', starting with a letter or digit"
 
 
-def first_error(exc: ValidationError) -> tuple[dict[str, Any], str | None]:
-    """The error to show, and a message in our words where pydantic's would mislead.
+def shown_errors(exc: ValidationError) -> list[tuple[dict[str, Any], str | None]]:
+    """Every error to show, each with a message in our words where pydantic's would mislead.
 
-    A misspelt key gives two errors, the key it replaced missing and the unknown key; the
-    unknown key comes first, with the key it was probably meant to be.
+    A misspelt key gives two errors, the key it replaced missing and the unknown key; they are
+    shown as one, the unknown key with the key it was probably meant to be.
     """
     errors = exc.errors(include_url=False)
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    if err["type"] == "extra_forbidden":
-        key, parent = str(err["loc"][-1]), tuple(err["loc"][:-1])
-        for other in errors:
-            meant = str(other["loc"][-1]) if other["loc"] else ""
-            if (other["type"] == "missing" and tuple(other["loc"][:-1]) == parent
-                    and one_edit_apart(key.casefold(), meant.casefold())):
-                return err, f"unknown key (did you mean '{meant}'?)"
-        return err, "unknown key (not allowed here)"
-    if err["type"] == "string_pattern_mismatch" and (err.get("ctx") or {}).get(
-            "pattern") == ID_PATTERN:
-        return err, f"not a valid id: use {ID_RULE}"
-    return err, None
+    out: list[tuple[dict[str, Any], str | None]] = []
+    meant_keys: set[tuple[tuple[Any, ...], str]] = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            key, parent = str(err["loc"][-1]), tuple(err["loc"][:-1])
+            meant = next((str(o["loc"][-1]) for o in errors
+                          if o["type"] == "missing" and o["loc"]
+                          and tuple(o["loc"][:-1]) == parent
+                          and one_edit_apart(key.casefold(), str(o["loc"][-1]).casefold())),
+                         None)
+            if meant is not None:
+                meant_keys.add((parent, meant))
+                out.append((err, f"unknown key (did you mean '{meant}'?)"))
+            else:
+                out.append((err, "unknown key (not allowed here)"))
+        elif err["type"] == "string_pattern_mismatch" and (err.get("ctx") or {}).get(
+                "pattern") == ID_PATTERN:
+            out.append((err, f"not a valid id: use {ID_RULE}"))
+        else:
+            out.append((err, None))
+    return [(e, ours) for e, ours in out
+            if not (e["type"] == "missing" and e["loc"]
+                    and (tuple(e["loc"][:-1]), str(e["loc"][-1])) in meant_keys)]
+
+
+def first_error(exc: ValidationError) -> tuple[dict[str, Any], str | None]:
+    """The error to show where only one is: an unknown key first (it explains others)."""
+    shown = shown_errors(exc)
+    return next((e for e in shown if e[0]["type"] == "extra_forbidden"), shown[0])
 
 
 def more_errors(exc: ValidationError) -> str:
     """`` (and 2 more errors)``, or nothing for a single error."""
-    more = exc.error_count() - 1
+    more = len(shown_errors(exc)) - 1
     return f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
 
 

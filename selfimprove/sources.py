@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from selfimprove.checks import CHECK_KINDS, Check
 from selfimprove.conversation import ConversationError, as_messages, split_answer, transcript
-from selfimprove.errors import ConfigError
+from selfimprove.errors import ConfigError, ConfigErrors
 from selfimprove.hashing import prompt_id
 from selfimprove.pydantic_errors import first_error, more_errors, one_edit_apart
 from selfimprove.types import Message
@@ -178,14 +178,8 @@ def load_prompt_records(path: str | Path, field: str = "prompt", *,
 JSON_LINES_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-class PromptFileErrors(ConfigError):
+class PromptFileErrors(ConfigErrors):
     """Every bad line of one prompt file, one error a line (``prompts check`` shows them all)."""
-
-    def __init__(self, errors: Sequence[ConfigError]) -> None:
-        first = errors[0]
-        super().__init__(first.path, first.detail, line=first.line, field=first.field)
-        self.errors = list(errors)
-        self.args = ("\n".join(str(e) for e in self.errors),)
 
 
 def _text_record(path: Path, no: int, line: str) -> PromptRecord:

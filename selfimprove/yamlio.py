@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from selfimprove.errors import ConfigError
-from selfimprove.pydantic_errors import first_error, more_errors
+from selfimprove.errors import ConfigError, ConfigErrors
+from selfimprove.pydantic_errors import shown_errors
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -106,8 +106,26 @@ def format_loc(loc: tuple[Any, ...]) -> str:
 
 
 def validation_error(path: str | Path, node: yaml.Node | None, exc: ValidationError) -> ConfigError:
-    """Turn the first pydantic error into a ConfigError with file, line and field."""
-    err, ours = first_error(exc)
+    """Every pydantic error as a ConfigError with file, line and field, in file order (one
+    error: that error; more: :class:`ConfigErrors`, the first of them on top)."""
+    located = [_located(path, node, err, ours) for err, ours in shown_errors(exc)]
+    # In file order; an error without a line (a missing top-level key) after those with one.
+    located.sort(key=lambda e: (e.line is None, e.line or 0))
+    if len(located) > MAX_SHOWN:
+        rest = len(located) - MAX_SHOWN
+        located = located[:MAX_SHOWN]
+        last = located[-1]
+        located[-1] = ConfigError(path, f"{last.detail} (and {rest} more errors)",
+                                  line=last.line, field=last.field)
+    return located[0] if len(located) == 1 else ConfigErrors(located)
+
+
+#: errors listed at most for one file (the rest counted)
+MAX_SHOWN = 20
+
+
+def _located(path: str | Path, node: yaml.Node | None, err: dict[str, Any],
+             ours: str | None) -> ConfigError:
     # Drop discriminator/union tags pydantic inserts into loc (e.g. 'max_words' for a tagged union).
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     if err["type"] == "missing" and loc:
@@ -127,8 +145,7 @@ def validation_error(path: str | Path, node: yaml.Node | None, exc: ValidationEr
             msg = f"unknown value '{ctx.get('tag')}' (expected one of: {ctx.get('expected_tags')})"
         else:
             msg = "missing (it selects the type of this item)"
-    return ConfigError(path, msg + more_errors(exc), line=line_of(node, loc),
-                       field=format_loc(loc) or None)
+    return ConfigError(path, msg, line=line_of(node, loc), field=format_loc(loc) or None)
 
 
 def _real_path(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -24,7 +24,7 @@ from selfimprove.constitution import (
     load_constitution,
     search_dirs,
 )
-from selfimprove.errors import ConfigError
+from selfimprove.errors import ConfigError, ConfigErrors
 from selfimprove.types import passes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,7 +364,7 @@ MALFORMED_CASES: dict[str, tuple[str | None, int, str | None, str]] = {
     "unknown_principle_key.yaml": (None, 8, "principles[0].wieght", "unknown key"),
     "misspelt_required_key.yaml": (
         None, 7, "principles[0].revison",
-        "unknown key (did you mean 'revision'?) (and 1 more error)",
+        "unknown key (did you mean 'revision'?)",
     ),
     "missing_name.yaml": (None, 2, "name", "Field required"),
     "missing_principles.yaml": (None, 2, "principles", "missing: at least one principle"),
@@ -704,3 +704,20 @@ def test_a_path_that_is_not_a_regular_file_says_so(tmp_path: Path) -> None:
         load_constitution("/dev/null")
     with pytest.raises(ConfigError, match="file not found"):
         load_constitution(tmp_path / "absent.yaml")
+
+
+def test_every_error_of_a_file_is_listed_in_file_order(tmp_path):
+    """Fixing a file one rerun at a time is slow: each error on its own line, top to bottom."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\nversion: 1\nprinciples:\n  - id: p1\n    critique: c\n    revison: r\n"
+        "checks:\n  - {id: a, kind: max_words, valeu: 3}\n  - {id: b, kind: max_words, "
+        "value: x}\n  - {id: c, kind: nope}\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_constitution(path)
+    assert [(e.line, e.field) for e in info.value.errors] == [
+        (6, "principles[0].revison"), (8, "checks[0].valeu"), (9, "checks[1].value"),
+        (10, "checks[2].kind")]
+    assert str(info.value).splitlines()[0] == (
+        f"{path}:6: field 'principles[0].revison': unknown key (did you mean 'revision'?)")
+    assert info.value.line == 6  # the error's own place is the first one

@@ -266,7 +266,7 @@ def test_the_instruction_jobs_dpo_settings_reach_trl(tmp_path: Path) -> None:
 
 def _args(**overrides: Any) -> argparse.Namespace:
     values: dict[str, Any] = {"n": 12, "seed": 0, "out": None, "kinds": None,
-                              "exclude_kinds": None}
+                              "exclude_kinds": None, "force": False}
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -280,7 +280,7 @@ def test_run_synth_writes_the_file(tmp_path: Path, capsys: pytest.CaptureFixture
         synth_prompts(12, seed=4, exclude_kinds=HELDOUT_KINDS)
     )
     assert f"wrote 12 prompts to {out}" in capsys.readouterr().out
-    assert run_synth(_args(out=out, kinds="quoted")) == 0
+    assert run_synth(_args(out=out, kinds="quoted", force=True)) == 0
     assert {k for r in load_prompt_records(out) for k in kinds_of(r)} == {"quoted"}
 
 
@@ -325,8 +325,6 @@ def test_run_synth_writes_only_what_reads_back_with_its_checks(tmp_path: Path,
 def test_main_prompts_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from selfimprove import cli
 
-    if "prompts" not in cli.COMMANDS:
-        pytest.skip("the prompts command is not registered in selfimprove.cli.COMMANDS yet")
     out = tmp_path / "p.jsonl"
     assert cli.main(["prompts", "synth", "--n", "7", "--seed", "2", "--out", str(out),
                      "--exclude-kinds", "quoted,no_commas"]) == 0
@@ -336,3 +334,9 @@ def test_main_prompts_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert cli.main(["prompts", "synth", "--n", "3", "--kinds", "shouting",
                      "--out", str(out)]) == 2
     assert "--kinds" in capsys.readouterr().err
+    # an existing file is a user's prompts until --force says otherwise
+    before = out.read_bytes()
+    assert cli.main(["prompts", "synth", "--n", "3", "--out", str(out)]) == 2
+    assert "--out exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert cli.main(["prompts", "synth", "--n", "3", "--out", str(out), "--force"]) == 0
+    assert len(load_prompt_records(out)) == 3

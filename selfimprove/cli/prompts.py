@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--n", type=int, required=True, help="number of prompts (1 to 100000)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     synth.add_argument("--out", type=Path, required=True, help="the .jsonl file to write")
+    synth.add_argument("--force", action="store_true", help="replace --out if it exists")
     synth.add_argument(
         "--kinds", default=None, metavar="K1,K2",
         help="only these instruction kinds (comma-separated; default all)",
@@ -90,6 +91,9 @@ def run_synth(args: argparse.Namespace) -> int:
         records = synth_prompts(args.n, args.seed, kinds=kinds, exclude_kinds=excluded)
     except ValueError as exc:  # the kinds allow fewer distinct prompts than --n
         raise ConfigError("--n", str(exc)) from None
+    if args.out.exists() and not args.force:
+        raise ConfigError(args.out, "--out exists (a prompt file of yours?); pass --force to "
+                          "replace it, or name a new file")
     out = write_jsonl(records, args.out)
     counts = Counter(c.kind for r in records for c in r.checks)
     summary = ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items()))
