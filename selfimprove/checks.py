@@ -676,6 +676,8 @@ def _evaluate(check: Check, text: str, timeout: float) -> tuple[bool, str]:
                 return True, "wrapped in double quotes"
             if not body:
                 return False, "empty response"
+            if len(body) == 1:
+                return False, f"only '{body}': not text wrapped in double quotes"
             return False, f"starts with '{body[0]}' and ends with '{body[-1]}', not double quotes"
     raise TypeError(f"unknown check {type(check).__name__}")  # unreachable for validated data
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import unicodedata
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -203,13 +204,24 @@ def _unique(path: Path, no: int, record: PromptRecord, first_line: dict[str, int
     """Held-out splitting and the store key rows by prompt id, so two records may not share
     one (a prompt without an ``id`` takes the hash of its text)."""
     first = first_line.setdefault(record.id, no)
-    if first == no:
-        return
-    if record.id == prompt_id(record.prompt):
-        raise ConfigError(path, f"the same prompt as line {first}: remove one, or give each an "
-                          "'id'", line=no)
-    raise ConfigError(path, f"duplicate prompt id {record.id!r} (also line {first})", line=no,
-                      field="id")
+    if first != no:
+        if record.id == prompt_id(record.prompt):
+            raise ConfigError(path, f"the same prompt as line {first}: remove one, or give each "
+                              "an 'id'", line=no)
+        raise ConfigError(path, f"duplicate prompt id {record.id!r} (also line {first})",
+                          line=no, field="id")
+    # Texts that differ only in Unicode composition or spacing are one prompt to a reader, but
+    # hash apart: the held-out split could put one in training and its twin in the held-out set.
+    norm = "\0" + _normalized(record.prompt)
+    twin = first_line.setdefault(norm, no)
+    exact = first_line.setdefault(norm + "\0" + record.prompt, no)
+    if twin != no and exact == no:
+        raise ConfigError(path, f"the same prompt as line {twin} but for Unicode composition "
+                          "or spacing: remove one", line=no)
+
+
+def _normalized(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 def _record(path: Path, no: int, line: str, field: str) -> PromptRecord:

@@ -277,7 +277,7 @@ NEW_KIND_CASES = [
      "starts with ''' and ends with ''', not double quotes"),
     ({"kind": "quoted"}, '"Be kind." she said', False,
      "starts with '\"' and ends with 'd', not double quotes"),
-    ({"kind": "quoted"}, '"', False, "starts with '\"' and ends with '\"', not double quotes"),
+    ({"kind": "quoted"}, '"', False, "only '\"': not text wrapped in double quotes"),
     ({"kind": "quoted"}, "  ", False, "empty response"),
 ]
 

@@ -186,6 +186,15 @@ def test_repeated_prompts_and_ids_name_both_lines(tmp_path):
         load_prompt_records(path)
     assert (info.value.line, info.value.detail) == (
         3, "the same prompt as line 1: remove one, or give each an 'id'")
+    # twins that hash apart: the held-out split could part them
+    for twin in ("Cafe\u0301 au lait?", " Café  au lait? "):
+        path = write(tmp_path, {"prompt": "Café au lait?"}, {"prompt": twin, "id": "b"})
+        with pytest.raises(ConfigError) as info:
+            load_prompt_records(path)
+        assert info.value.line == 2 and info.value.detail == (
+            "the same prompt as line 1 but for Unicode composition or spacing: remove one")
+    path = write(tmp_path, {"prompt": "Same", "id": "a"}, {"prompt": "Same", "id": "b"})
+    assert len(load_prompt_records(path)) == 2  # one text under two ids stays allowed
 
 
 def test_every_bad_line_is_reported_when_asked(tmp_path):
