@@ -100,7 +100,7 @@ def test_the_improvement_cycle_runs_a_cycle_from_json_config(langgraph_dev_block
                      "roles": {"policy": {"sampling": {"max_new_tokens": 32}},
                                "reviser": {"sampling": {"max_new_tokens": 32}}}},
         "schedule": {"every_cycles": 5, "min_new_pairs": 100},  # critique and harvest only
-        "gate": {"num_prompts": 2},
+        "gate": {"num_prompts": 2, "sampling": {"max_new_tokens": 32}},
     }
     run_dir = str(work / "run")
     out = run_wait(url, {"assistant_id": "improvement_cycle",

@@ -189,7 +189,7 @@ def test_serve_agent_example_traffic_is_critiqued_and_trained_on(tmp_path):
     cfg["critique"]["roles"]["reviser"]["sampling"]["max_new_tokens"] = 48
     cfg["schedule"] = {"min_new_pairs": 1, "methods": ["sft"]}
     cfg["sft"].update(max_steps=1, max_length=128)
-    cfg["gate"] = {"num_prompts": 2}
+    cfg["gate"] = {"num_prompts": 2, "sampling": {"max_new_tokens": 32}}
     config = tmp_path / "traffic.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
