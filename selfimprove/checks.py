@@ -615,7 +615,8 @@ def _evaluate(check: Check, text: str, timeout: float) -> tuple[bool, str]:
                 return True, f"{n} words >= {limit}"
             return False, f"{n} words < {limit}"
         case MaxChars(value=limit):
-            return _at_most(len(text), limit, "chars")
+            # composed first: "é" is one character however it was typed
+            return _at_most(len(unicodedata.normalize("NFC", text)), limit, "chars")
         case MaxSentences(value=limit):
             return _at_most(count_sentences(text), limit, "sentences")
         case ForbidRegex() | RequireRegex():

@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any
+from typing import Any, TypeVar
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from typing_extensions import TypedDict
 
 from selfimprove.config import CritiqueConfig, RunConfig
@@ -39,10 +39,23 @@ async def critique_context_of(context: Any) -> CritiqueContext:
     """The live context for a run's ``context``: as given, or built (once) from config."""
     if isinstance(context, CritiqueContext):
         return context
-    cfg = context if isinstance(context, CritiqueConfig) else CritiqueConfig.model_validate(
-        context or {})
+    cfg = context if isinstance(context, CritiqueConfig) else _validated(
+        CritiqueConfig, context)
     # Loading models blocks: a worker thread keeps the server's event loop answering.
     return await asyncio.to_thread(_built, cfg)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], context: Any) -> M:
+    """``context`` (JSON) as ``model``; errors name the field, as a config file's do."""
+    from selfimprove.yamlio import validation_error
+
+    try:
+        return model.model_validate(context or {})
+    except ValidationError as exc:
+        raise validation_error("context", None, exc) from None
 
 
 def _built(cfg: CritiqueConfig) -> CritiqueContext:
@@ -89,7 +102,7 @@ class CycleOutput(TypedDict, total=False):
 
 async def _run(state: CycleInput, runtime: Runtime[Any]) -> CycleOutput:
     ctx = runtime.context
-    request = ctx if isinstance(ctx, RunRequest) else RunRequest.model_validate(ctx or {})
+    request = ctx if isinstance(ctx, RunRequest) else _validated(RunRequest, ctx)
     # A run is hours of blocking work (file I/O, training): its own thread and event loop
     # keep the server answering (LangGraph Server refuses blocking calls on its loop).
     return await asyncio.to_thread(_run_blocking, request)

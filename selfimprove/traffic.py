@@ -266,7 +266,14 @@ class TrafficRecorder:
         *,
         flush_seconds: float = 10.0,
     ) -> None:
+        if not str(run_dir).strip():
+            raise ValueError("run_dir is empty: name the run directory whose store records "
+                             "the traffic")
         self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"{self.run_dir} is a file; the recorder needs a run directory")
+        if flush_seconds <= 0:
+            raise ValueError(f"flush_seconds must be positive, got {flush_seconds}")
         self.log = TrafficLog(self.run_dir)
         self.flush_seconds = flush_seconds
         self.mover = JournalMover(self.run_dir, harvest)

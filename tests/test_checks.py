@@ -42,6 +42,8 @@ def check(**fields) -> Check:
         ({"kind": "min_words", "value": 2}, "one", False, "1 words < 2"),
         ({"kind": "max_chars", "value": 5}, "abcde", True, "5 chars <= 5"),
         ({"kind": "max_chars", "value": 5}, "abcdef", False, "6 chars > 5"),
+        # composed first: "e" and a combining accent are one character
+        ({"kind": "max_chars", "value": 4}, "cafe\u0301", True, "4 chars <= 4"),
         ({"kind": "max_sentences", "value": 2}, "Pi is 3.14. It is irrational.", True,
          "2 sentences <= 2"),
         ({"kind": "max_sentences", "value": 2}, "One. Two! Three?", False, "3 sentences > 2"),

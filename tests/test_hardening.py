@@ -233,3 +233,22 @@ def test_critique_store_killed_and_rerun_holds_every_prompt_once(tmp_path):
     assert sorted(covered) == sorted({f"p{i:02d}" for i in range(40)} - heldout)
     # no prompt covered twice, so none was redone
     assert len(covered) == len(set(covered))
+
+
+@pytest.mark.parametrize(("graph", "context", "expected"), [
+    ("critique", {"max_round": 1}, "context: field 'max_round': unknown key"),
+    ("critique", {"max_rounds": "two"}, "context: field 'max_rounds': Input should be a valid"),
+    ("cycle", {"run_dir": "r", "config": {"cycles": 0}},
+     "context: field 'config.cycles': Input should be greater than or equal to 1"),
+    ("cycle", {}, "context: field 'run_dir': Field required"),
+])
+async def test_langgraph_server_contexts_are_located_errors(graph, context, expected):
+    """A LangGraph Server run's JSON context is checked as a config file is, field by field."""
+    from selfimprove.errors import ConfigError
+    from selfimprove.server_graphs import critique_server_graph, cycle_server_graph
+
+    compiled = critique_server_graph() if graph == "critique" else cycle_server_graph()
+    with pytest.raises(ConfigError) as info:
+        await compiled.ainvoke({"prompt": "Why?"} if graph == "critique" else {},
+                               context=context)
+    assert str(info.value).startswith(expected), str(info.value)

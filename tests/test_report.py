@@ -416,3 +416,20 @@ def test_cli_names_a_broken_record(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path)]) == 2
     assert "cycle-0002.json: field 'decision'" in capsys.readouterr().err
     assert not (tmp_path / "report.md").exists()
+
+
+def test_the_eval_table_fits_a_terminal_with_many_check_kinds(monkeypatch, capsys):
+    """One column a version: sixteen check kinds as columns ran off an 80-column terminal."""
+    from selfimprove.checks import CHECK_KINDS
+    from selfimprove.cli.eval import _print_table
+    from tests.test_rundir import policy_eval
+
+    evals = [policy_eval(v).model_copy(update={"kind_pass_rates": dict.fromkeys(CHECK_KINDS, 0.5)})
+             for v in ("v0", "v1", "v2")]
+    monkeypatch.setenv("COLUMNS", "80")
+    _print_table(evals, "held-out prompts")
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out  # nothing cut short
+    assert all(f"passes {kind}" in out for kind in CHECK_KINDS)
+    assert out.count("0.50") == 3 * len(CHECK_KINDS)

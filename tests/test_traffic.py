@@ -122,6 +122,19 @@ def test_a_closed_recorder_refuses_to_record(tmp_path):
         recorder.record(exchange(0))
 
 
+@pytest.mark.parametrize(("where", "kwargs", "message"), [
+    ("", {}, "run_dir is empty"),
+    ("file", {}, "is a file; the recorder needs a run directory"),
+    ("run", {"flush_seconds": 0}, "flush_seconds must be positive"),
+])
+def test_a_recorder_without_a_run_directory_is_refused(tmp_path, where, kwargs, message):
+    (tmp_path / "file").write_text("mine")
+    path = str(tmp_path / where) if where else ""
+    with pytest.raises(ValueError, match=message):
+        TrafficRecorder(path, **kwargs)
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "run").exists()
+
+
 def test_the_background_thread_moves_traffic_without_close(tmp_path):
     run = tmp_path / "run"
     recorder = TrafficRecorder(run, flush_seconds=0.1)

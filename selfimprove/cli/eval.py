@@ -157,18 +157,18 @@ def _print_table(evals, source: str) -> None:
     def fmt(value, spec=".2f"):
         return "–" if value is None else format(value, spec)
 
+    # One column a version, one row a measure: a row per check kind would run off a terminal.
     table = Table(title=f"{len(evals[0].prompts) if evals else 0} {source}, greedy")
-    columns = ["version", "violations", "repeats itself", "hit token cap", "near-empty",
-               "mean words", "retention NLL"]
-    checks = sorted({kind for e in evals for kind in e.kind_pass_rates})
-    for col in columns + [f"pass {c}" for c in checks]:
-        table.add_column(col, justify="left" if col == "version" else "right")
+    table.add_column("measure", justify="left")
     for e in evals:
-        s = _summary(e)
-        table.add_row(
-            e.version, fmt(s["violation_rate"]), fmt(s["repetition_rate"]),
-            fmt(s["truncation_rate"]), fmt(s["near_empty_rate"]), fmt(s["mean_words"], ".1f"),
-            fmt(s["retention_nll"], ".3f"),
-            *(fmt(e.kind_pass_rates.get(c)) for c in checks),
-        )
+        table.add_column(e.version, justify="right")
+    summaries = [_summary(e) for e in evals]
+    measures = [("violations", "violation_rate", ".2f"), ("repeats itself", "repetition_rate",
+                 ".2f"), ("hit token cap", "truncation_rate", ".2f"),
+                ("near-empty", "near_empty_rate", ".2f"), ("mean words", "mean_words", ".1f"),
+                ("retention NLL", "retention_nll", ".3f")]
+    for label, key, spec in measures:
+        table.add_row(label, *(fmt(s[key], spec) for s in summaries))
+    for kind in sorted({kind for e in evals for kind in e.kind_pass_rates}):
+        table.add_row(f"passes {kind}", *(fmt(e.kind_pass_rates.get(kind)) for e in evals))
     Console().print(table)
