@@ -52,7 +52,7 @@ TEST_THREADS ?= 1
 # SELFIMPROVE_REQUIRE_VLLM: the vLLM tests fail rather than skip if vLLM did not install.
 test: setup
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) SELFIMPROVE_REQUIRE_VLLM=1 \
-	  $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+	  $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(BIN)/ruff check selfimprove tests graphs bench examples

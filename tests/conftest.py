@@ -36,8 +36,9 @@ def adapter_dir(tmp_path_factory):
 
 
 #: Test files in falling order of their run time on the 2-core CPU (`--durations`): `make test`
-#: hands whole files to two processes in collection order, and files taken last by one process
-#: while the other sits idle made the suite's tail. Longest first, the shorter ones fill in.
+#: hands whole files to two processes in collection order (`--no-loadscope-reorder`; xdist's own
+#: order, most tests first, left the slowest files for last, run by one process while the other
+#: sat idle). Longest first, the shorter ones fill in.
 SLOWEST_FIRST = (
     "test_vllm_backend.py", "test_improvement_real.py", "test_serve_real.py",
     "test_run_real.py", "test_resume.py", "test_hardening.py", "test_langgraph_server.py",
