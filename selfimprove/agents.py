@@ -13,7 +13,8 @@ under the ``add_messages`` reducer, as ``MessagesState`` and ``create_react_agen
   replaces the final AI message in place (same message id).
 - ``mode="agent"``: the checks (and critic) judge the final answer; while it fails a hard
   check and fewer than ``max_rounds`` critiques were sent, the critique goes back to the
-  agent as a user message and the agent answers again, with its own tools and prompt.
+  agent as a user message and the agent answers again, with its own tools and prompt; the
+  answer it ends with carries the outcome under ``additional_kwargs["selfimprove"]`` too.
 
 With a ``recorder`` (:class:`~selfimprove.traffic.TrafficRecorder`) every critique is
 recorded into a run's store as agent traffic.
