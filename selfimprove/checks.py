@@ -578,8 +578,16 @@ def _json_object(text: str) -> tuple[bool, str]:
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity
 
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:  # json keeps the last silently; a reader may take the first
+                raise ValueError(f"the key {key!r} is given twice in one object")
+            seen.add(key)
+        return dict(pairs)
+
     try:
-        value = json.loads(body, parse_constant=no_constants)
+        value = json.loads(body, parse_constant=no_constants, object_pairs_hook=unique_keys)
     except RecursionError:
         return False, "not valid JSON: nested too deeply"
     except ValueError as exc:  # JSONDecodeError included

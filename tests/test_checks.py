@@ -267,6 +267,8 @@ NEW_KIND_CASES = [
     ({"kind": "json_object"}, 'Here: {"a": 1}', False,
      "not valid JSON: Expecting value: line 1 column 1 (char 0)"),
     ({"kind": "json_object"}, '{"a": NaN}', False, "not valid JSON: NaN is not JSON"),
+    ({"kind": "json_object"}, '{"a": 1, "b": {"a": 2}, "a": 3}', False,
+     "not valid JSON: the key 'a' is given twice in one object"),
     ({"kind": "json_object"}, '```{"a": 1}```', True, "a JSON object with 1 key in a code fence"),
     ({"kind": "json_object"}, '```python\n{"a": 1}\n```', False,
      "not valid JSON: Expecting value: line 1 column 1 (char 0)"),
