@@ -44,15 +44,17 @@ demo: setup
 # Two test processes of one thread each, a test file per process at a time: on the 2-core CPU the
 # suite ran in 12.5 and 14.7 min this way (two runs) and in 17.6 min as one process of two
 # threads (many tests wait on servers and subprocesses), before the real vLLM tests (about 4 min
-# more; 20.5 min in a fresh clone while other vLLM tests ran beside it). On a CPU with AVX-512
-# BF16, where `dtype: auto` is bfloat16, the whole suite ran in 6.5 min; on a slower AVX2 machine
-# 18.7 min (978 tests, 21.9 min with set-up in a fresh clone). PYTEST_WORKERS=0: one process.
+# more). On a CPU with AVX-512 BF16, where `dtype: auto` is bfloat16, the whole suite ran in
+# 6.5 min; on a slower AVX2 machine 18.2 min (1003 tests, 22.1 min with set-up in a fresh
+# clone). Handing the slowest files out first (`--no-loadscope-reorder` and an ordered
+# collection) changed nothing there (18.2 against 18.4 min): the suite's work, not its balance,
+# sets the time. PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 TEST_THREADS ?= 1
 # SELFIMPROVE_REQUIRE_VLLM: the vLLM tests fail rather than skip if vLLM did not install.
 test: setup
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) SELFIMPROVE_REQUIRE_VLLM=1 \
-	  $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	  $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check selfimprove tests graphs bench examples

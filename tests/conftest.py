@@ -34,19 +34,3 @@ def adapter_dir(tmp_path_factory):
     model.save_pretrained(path)
     return str(path)
 
-
-#: Test files in falling order of their run time on the 2-core CPU (`--durations`): `make test`
-#: hands whole files to two processes in collection order (`--no-loadscope-reorder`; xdist's own
-#: order, most tests first, left the slowest files for last, run by one process while the other
-#: sat idle). Longest first, the shorter ones fill in.
-SLOWEST_FIRST = (
-    "test_vllm_backend.py", "test_improvement_real.py", "test_serve_real.py",
-    "test_run_real.py", "test_resume.py", "test_hardening.py", "test_langgraph_server.py",
-    "test_training.py", "test_vllm_serve.py", "test_critique_real.py",
-    "test_transformers_backend.py", "test_models.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
