@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,6 +123,7 @@ def validation_error(path: str | Path, node: yaml.Node | None, exc: ValidationEr
 
 #: errors listed at most for one file (the rest counted)
 MAX_SHOWN = 20
+_YAML_TEXT_NUMBER = re.compile(r"^[+-]?\d+(\.\d*)?[eE][+-]?\d+$")
 
 
 def _located(path: str | Path, node: yaml.Node | None, err: dict[str, Any],
@@ -134,6 +136,13 @@ def _located(path: str | Path, node: yaml.Node | None, err: dict[str, Any],
     else:
         loc = _real_path(node, loc)
     msg = ours or err["msg"]
+    given = err.get("input")
+    if isinstance(given, str) and _YAML_TEXT_NUMBER.match(given):
+        # YAML 1.1 (PyYAML) reads 1e3 and 5e-4, with no dot, as text, not as numbers.
+        number = float(given)
+        full = (f"{int(number)}" if number.is_integer() and abs(number) < 1e18
+                else "it with a decimal point, e.g. 5.0e-4")
+        msg += f" (YAML read {given!r} as text, not a number: write {full})"
     ctx = err.get("ctx") or {}
     if err["type"] == "value_error" and "error" in ctx:
         msg = str(ctx["error"])  # our validators' own words, without pydantic's "Value error, "

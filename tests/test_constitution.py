@@ -721,3 +721,17 @@ def test_every_error_of_a_file_is_listed_in_file_order(tmp_path):
     assert str(info.value).splitlines()[0] == (
         f"{path}:6: field 'principles[0].revison': unknown key (did you mean 'revision'?)")
     assert info.value.line == 6  # the error's own place is the first one
+
+
+def test_a_number_yaml_reads_as_text_gets_a_hint(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e3 as the string '1e3': the error says so."""
+    path = tmp_path / "e.yaml"
+    path.write_text("name: e\nversion: 1\nprinciples:\n  - {id: p, critique: c, revision: r}\n"
+                    "checks:\n  - {id: a, kind: max_words, value: 1e3}\n"
+                    "judge: {pairwise: Pick one., pointwise: [{points: 1, criterion: Brief.}]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_constitution(path)
+    assert (info.value.line, info.value.field) == (6, "checks[0].value")
+    assert info.value.detail.endswith("(YAML read '1e3' as text, not a number: write 1000)")
+    path.write_text(path.read_text().replace("1e3", "1000"))
+    assert load_constitution(path).checks[0].value == 1000
