@@ -33,4 +33,3 @@ def adapter_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("adapter") / "v1"
     model.save_pretrained(path)
     return str(path)
-
