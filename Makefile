@@ -45,8 +45,8 @@ demo: setup
 # suite ran in 12.5 and 14.7 min this way (two runs) and in 17.6 min as one process of two
 # threads (many tests wait on servers and subprocesses), before the real vLLM tests (about 4 min
 # more). On a CPU with AVX-512 BF16, where `dtype: auto` is bfloat16, the whole suite ran in
-# 6.5 min; on a slower AVX2 machine 18.2 min (1003 tests, 22.1 min with set-up in a fresh
-# clone). Handing the slowest files out first (`--no-loadscope-reorder` and an ordered
+# 6.5 min; on a slower AVX2 machine 18.2 and 20.6 min (1005 tests; 22.1 and 24.0 min with
+# set-up in a fresh clone). Handing the slowest files out first (`--no-loadscope-reorder` and an ordered
 # collection) changed nothing there (18.2 against 18.4 min): the suite's work, not its balance,
 # sets the time. PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
